@@ -1,0 +1,301 @@
+//! Loading: read, parse, interpolate, then deserialize section by section (provider by provider,
+//! model by model) so that one run reports every problem, each with its file and field path.
+
+use super::error::{join_path, ConfigError, ConfigErrors};
+use super::interpolate::interpolate_tree;
+use super::schema::*;
+use super::{env_file, validate, Config, LoadedModel};
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+const TOP_LEVEL_KEYS: &str =
+    "`mode`, `env_files`, `server`, `logging`, `providers`, `models_file`, `models`, `default_model`";
+
+/// Loads and validates the configuration at `path`. `env` looks up environment variables
+/// (tests pass a map; the binary passes the process environment).
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    load_with(path, env, &|p| std::fs::read_to_string(p))
+}
+
+/// Reads a file the configuration refers to (the main file, env files, the models file).
+pub type Reader<'a> = &'a dyn Fn(&Path) -> std::io::Result<String>;
+
+/// Like [`load`], reading every file through `read` (the embedded default configuration
+/// reads from the binary).
+pub fn load_with(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    read: Reader<'_>,
+) -> Result<Config, ConfigErrors> {
+    let text = read(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            path,
+            "",
+            format!("cannot read file: {e}"),
+        )])
+    })?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    load_inner(&text, path, &base_dir, env, read)
+}
+
+/// Like [`load`], from text already read. `file` is used in messages; `base_dir` resolves
+/// relative paths (env files, the models file).
+pub fn load_str(
+    text: &str,
+    file: &Path,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    load_inner(text, file, base_dir, env, &|p| std::fs::read_to_string(p))
+}
+
+fn load_inner(
+    text: &str,
+    file: &Path,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    read: Reader<'_>,
+) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let Some(mut top) = parse_mapping(text, file, &mut errors) else {
+        return Err(ConfigErrors(errors));
+    };
+
+    // env_files are read before interpolation and are not interpolated themselves.
+    let env_files: Vec<PathBuf> = top
+        .remove("env_files")
+        .and_then(|v| de(v, file, "env_files", &mut errors))
+        .unwrap_or_default();
+    let mut file_vars: HashMap<String, String> = HashMap::new();
+    for (i, f) in env_files.iter().enumerate() {
+        let p = if f.is_absolute() {
+            f.clone()
+        } else {
+            base_dir.join(f)
+        };
+        match read(&p) {
+            Ok(t) => match env_file::parse(&t) {
+                Ok(vars) => file_vars.extend(vars),
+                Err(msg) => errors.push(ConfigError::new(file, format!("env_files[{i}]"), msg)),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                warnings.push(format!("env file {} not found; skipped", p.display()))
+            }
+            Err(e) => errors.push(ConfigError::new(
+                file,
+                format!("env_files[{i}]"),
+                format!("cannot read {}: {e}", p.display()),
+            )),
+        }
+    }
+    let lookup = |name: &str| env(name).or_else(|| file_vars.get(name).cloned());
+
+    let mut top_value = Value::Mapping(top);
+    interpolate_tree(&mut top_value, "", file, &lookup, &mut errors);
+    let Value::Mapping(top) = top_value else {
+        unreachable!("interpolation keeps the value's shape")
+    };
+
+    let mut mode = Mode::default();
+    let mut server = ServerSection::default();
+    let mut logging = LoggingSection::default();
+    let mut providers = BTreeMap::new();
+    let mut models = Vec::new();
+    let mut default_model = None;
+    let mut models_file: Option<PathBuf> = None;
+
+    for (key, value) in top {
+        let Some(key) = key.as_str().map(str::to_string) else {
+            errors.push(ConfigError::new(file, "", "top-level keys must be strings"));
+            continue;
+        };
+        match key.as_str() {
+            "mode" => mode = de(value, file, "mode", &mut errors).unwrap_or_default(),
+            "server" => server = de(value, file, "server", &mut errors).unwrap_or_default(),
+            "logging" => logging = de(value, file, "logging", &mut errors).unwrap_or_default(),
+            "providers" => providers = load_providers(value, file, &mut errors),
+            "models_file" => models_file = de(value, file, "models_file", &mut errors),
+            "models" => models.extend(load_models(value, file, "models", &mut errors)),
+            "default_model" => default_model = de(value, file, "default_model", &mut errors),
+            other => errors.push(ConfigError::new(
+                file,
+                other,
+                format!("unknown field, expected one of {TOP_LEVEL_KEYS}"),
+            )),
+        }
+    }
+
+    if let Some(mf) = models_file {
+        let path = if mf.is_absolute() {
+            mf
+        } else {
+            base_dir.join(mf)
+        };
+        match read(&path) {
+            Ok(text) => {
+                let (m, d) = load_models_file(&text, &path, &lookup, &mut errors);
+                models.extend(m);
+                if d.is_some() {
+                    if default_model.is_some() {
+                        errors.push(ConfigError::new(
+                            &path,
+                            "default_model",
+                            "also set in the main configuration; set it in one place",
+                        ));
+                    }
+                    default_model = d;
+                }
+            }
+            Err(e) => errors.push(ConfigError::new(
+                file,
+                "models_file",
+                format!("cannot read {}: {e}", path.display()),
+            )),
+        }
+    }
+
+    let config = Config {
+        file: file.to_path_buf(),
+        base_dir: base_dir.to_path_buf(),
+        mode,
+        server,
+        logging,
+        providers,
+        models,
+        default_model,
+        warnings,
+    };
+    validate::validate(&config, &mut errors);
+    ConfigErrors(errors).into_result(config)
+}
+
+fn parse_mapping(text: &str, file: &Path, errors: &mut Vec<ConfigError>) -> Option<Mapping> {
+    match serde_yaml::from_str::<Value>(text) {
+        Ok(Value::Mapping(m)) => Some(m),
+        Ok(Value::Null) => Some(Mapping::new()),
+        Ok(_) => {
+            errors.push(ConfigError::new(
+                file,
+                "",
+                "expected a mapping at the top level",
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(ConfigError::new(file, "", format!("invalid YAML: {e}")));
+            None
+        }
+    }
+}
+
+fn de<T: DeserializeOwned>(
+    value: Value,
+    file: &Path,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.inner().to_string();
+            errors.push(ConfigError::from_serde(
+                file,
+                path,
+                &e.path().to_string(),
+                &inner,
+            ));
+            None
+        }
+    }
+}
+
+fn load_providers(
+    value: Value,
+    file: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, ProviderSpec> {
+    let mut out = BTreeMap::new();
+    let map = match value {
+        Value::Mapping(m) => m,
+        Value::Null => return out,
+        _ => {
+            errors.push(ConfigError::new(
+                file,
+                "providers",
+                "expected a map of provider name to provider",
+            ));
+            return out;
+        }
+    };
+    for (name, spec) in map {
+        let Some(name) = name.as_str().map(str::to_string) else {
+            errors.push(ConfigError::new(
+                file,
+                "providers",
+                "provider names must be strings",
+            ));
+            continue;
+        };
+        let path = join_path("providers", &name);
+        if let Some(p) = de::<ProviderSpec>(spec, file, &path, errors) {
+            out.insert(name, p);
+        }
+    }
+    out
+}
+
+fn load_models(
+    value: Value,
+    file: &Path,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<LoadedModel> {
+    let items = match value {
+        Value::Sequence(s) => s,
+        Value::Null => return Vec::new(),
+        _ => {
+            errors.push(ConfigError::new(file, path, "expected a list of models"));
+            return Vec::new();
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let p = format!("{path}[{i}]");
+            de::<ModelSpec>(v, file, &p, errors).map(|spec| LoadedModel {
+                spec,
+                file: file.to_path_buf(),
+                path: p,
+            })
+        })
+        .collect()
+}
+
+fn load_models_file(
+    text: &str,
+    file: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) -> (Vec<LoadedModel>, Option<String>) {
+    let Some(top) = parse_mapping(text, file, errors) else {
+        return (Vec::new(), None);
+    };
+    let mut value = Value::Mapping(top);
+    interpolate_tree(&mut value, "", file, lookup, errors);
+    let Some(top) = de::<ModelsFileTop>(value, file, "", errors) else {
+        return (Vec::new(), None);
+    };
+    let models = load_models(Value::Sequence(top.models), file, "models", errors);
+    (models, top.default_model)
+}
+
+#[cfg(test)]
+mod tests;

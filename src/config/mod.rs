@@ -1,0 +1,55 @@
+//! Configuration: the YAML schema (`schema`), `${VAR}` interpolation (`interpolate`,
+//! `env_file`), loading with every error collected at once (`load`), and semantic validation
+//! (`validate`). Nothing here opens sockets or reads key files: that is `Runtime::compile`'s job.
+
+pub mod env_file;
+pub mod error;
+pub mod interpolate;
+mod load;
+pub mod schema;
+mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{load, load_str, load_with, Reader};
+pub use schema::*;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A configuration that parsed and passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The main configuration file.
+    pub file: PathBuf,
+    /// Directory relative paths in the configuration are resolved against: the main file's.
+    pub base_dir: PathBuf,
+    pub mode: Mode,
+    pub server: ServerSection,
+    pub logging: LoggingSection,
+    pub providers: BTreeMap<String, ProviderSpec>,
+    pub models: Vec<LoadedModel>,
+    pub default_model: Option<String>,
+    /// Things worth an operator's attention that do not stop the gateway (e.g. a missing
+    /// optional env file).
+    pub warnings: Vec<String>,
+}
+
+/// A model entry and where it was written, for error messages.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    pub spec: ModelSpec,
+    pub file: PathBuf,
+    /// Field path of the entry in its file, e.g. `models[3]`.
+    pub path: String,
+}
+
+impl Config {
+    /// Resolves a path from the configuration against the main file's directory.
+    pub fn resolve_path(&self, p: &std::path::Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}

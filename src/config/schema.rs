@@ -1,0 +1,331 @@
+//! The configuration file's schema. Key names here are a public interface (see DESIGN.md's
+//! configuration contract): add keys, never rename them. Every struct denies unknown fields so a
+//! typo is an error rather than a silently ignored setting.
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// `development` (the default: mock providers allowed, human-readable logs) or `production`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Development,
+    Production,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Development => "development",
+            Mode::Production => "production",
+        }
+    }
+}
+
+/// `server:` the listener and request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on, `IP:PORT`. Default `127.0.0.1:8080`. Port 0 picks a free port (the
+    /// start-up log line says which). The CLI's `--listen` overrides it.
+    pub listen: String,
+    /// Worker threads of the proxy service. Default 2.
+    pub threads: usize,
+    /// Largest accepted request body in bytes; larger ones get 413. Default 16 MiB.
+    pub max_body_bytes: u64,
+    /// Seconds to keep serving in-flight requests after SIGTERM. Default 10.
+    pub grace_period_seconds: u64,
+    /// Seconds given to runtimes to stop after the grace period. Default 5.
+    pub graceful_shutdown_timeout_seconds: u64,
+    /// `max-age` of `Cache-Control` on `/v1/models` and `/api/available-models`. Default 60.
+    pub models_max_age_seconds: u64,
+    /// Extra `POST` paths proxied besides the built-in allow-list. Default none.
+    pub extra_paths: Vec<ExtraPath>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:8080".into(),
+            threads: 2,
+            max_body_bytes: 16 * 1024 * 1024,
+            grace_period_seconds: 10,
+            graceful_shutdown_timeout_seconds: 5,
+            models_max_age_seconds: 60,
+            extra_paths: Vec::new(),
+        }
+    }
+}
+
+/// One configured proxied path, e.g. `{ path: /v1/rerank, group: rerank }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraPath {
+    /// The client path, starting with `/v1/`.
+    pub path: String,
+    /// The endpoint group roles refer to. Default: the path's last segment.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// `logging:` operational log and access log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    /// `trace`, `debug`, `info` (default), `warn` or `error`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text`, `json`, or `auto` (default: text in development, JSON in production).
+    pub format: LogFormat,
+    /// Where the JSON access log goes: `stdout` (default), `stderr`, `off`, or a file path
+    /// (appended).
+    pub access_log: String,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection {
+            level: "info".into(),
+            format: LogFormat::Auto,
+            access_log: "stdout".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Text,
+    Json,
+}
+
+/// How a provider authenticates and which API dialect it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    Openai,
+    Anthropic,
+    Azure,
+    OpenaiCompatible,
+    Mock,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Azure => "azure",
+            ProviderKind::OpenaiCompatible => "openai-compatible",
+            ProviderKind::Mock => "mock",
+        }
+    }
+}
+
+/// `providers.<name>:` one upstream provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// `openai`, `anthropic`, `azure`, `openai-compatible` or `mock`.
+    pub kind: ProviderKind,
+    /// Base URLs (`https://api.openai.com`) or `{ url, weight, sni }` objects. Required except
+    /// for `mock`. A path in the URL replaces the client path's leading `/v1`.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    /// Extra PEM CA bundle trusted for this provider, in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The provider's API keys. None for a provider that needs no key (a self-hosted vLLM).
+    #[serde(default)]
+    pub keys: Vec<KeySpec>,
+    /// Upstream timeouts; each model may override them.
+    #[serde(default)]
+    pub timeouts: TimeoutsSpec,
+    /// `anthropic-version` header sent to `anthropic` providers when the client sent none.
+    /// Default `2023-06-01`.
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
+    /// Static headers added to every upstream request (e.g. OpenRouter's `HTTP-Referer`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Seconds between DNS re-resolutions of host-name endpoints. Default 30.
+    #[serde(default)]
+    pub dns_refresh_seconds: Option<u64>,
+    /// Behaviour of a `mock` provider.
+    #[serde(default)]
+    pub mock: Option<MockSpec>,
+}
+
+/// An endpoint: a URL string, or an object with the URL and options.
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    pub url: String,
+    /// Relative weight for weighted balancing. Default 1.
+    pub weight: usize,
+    /// TLS server name to send and verify; default: the URL's host. Required for `https://` by IP.
+    pub sni: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointObject {
+    url: String,
+    #[serde(default = "default_weight")]
+    weight: usize,
+    #[serde(default)]
+    sni: Option<String>,
+}
+
+fn default_weight() -> usize {
+    1
+}
+
+impl<'de> Deserialize<'de> for EndpointSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EndpointSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a URL string or a map with `url`, `weight`, `sni`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<EndpointSpec, E> {
+                Ok(EndpointSpec {
+                    url: s.to_string(),
+                    weight: 1,
+                    sni: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointSpec, A::Error> {
+                let o = EndpointObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(EndpointSpec {
+                    url: o.url,
+                    weight: o.weight,
+                    sni: o.sni,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One provider key: its `value` (usually `${ENV}`) or a `file` holding it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// Stable name used in logs and metrics; the key itself is never logged.
+    pub id: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// Upstream timeouts in milliseconds. Unset fields take the provider's, then the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    /// TCP + TLS connect. Default 5000.
+    pub connect_ms: Option<u64>,
+    /// Request sent to first response byte (time to first token). Default 300000.
+    pub first_byte_ms: Option<u64>,
+    /// Longest silence between two response chunks. Default 120000.
+    pub between_chunks_ms: Option<u64>,
+    /// Whole exchange. Default 900000.
+    pub total_ms: Option<u64>,
+}
+
+/// Behaviour of the built-in mock provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockSpec {
+    /// Delay before the response (or the first SSE chunk). Default 0.
+    pub latency_ms: u64,
+    /// Delay between SSE chunks. Default 0.
+    pub chunk_interval_ms: u64,
+    /// Fraction of requests answered with a 500, 0.0 to 1.0. Default 0.
+    pub failure_rate: f64,
+    /// Length of embedding vectors when the request gives no `dimensions`. Default 256.
+    pub embedding_dimensions: usize,
+}
+
+impl Default for MockSpec {
+    fn default() -> Self {
+        MockSpec {
+            latency_ms: 0,
+            chunk_interval_ms: 0,
+            failure_rate: 0.0,
+            embedding_dimensions: 256,
+        }
+    }
+}
+
+/// One entry of `models:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The canonical id clients send as `model`.
+    pub id: String,
+    /// Other names accepted for this model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `owned_by` in `/v1/models`. Default: the first target's provider name.
+    #[serde(default)]
+    pub owned_by: Option<String>,
+    /// Providers serving this model, tried in order.
+    #[serde(default)]
+    pub targets: Vec<TargetSpec>,
+    /// Context window in tokens, for `/api/available-models`.
+    #[serde(default)]
+    pub context_window: Option<u64>,
+    /// Largest completion in tokens, for `/api/available-models`.
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    #[serde(default)]
+    pub pricing: Option<PricingSpec>,
+    /// Free-form capability tags (`chat`, `streaming`, `tools`, `vision`, `embeddings`, ...).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Human description for UIs.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `created` in `/v1/models` (Unix seconds). Default 0, so that every replica renders the
+    /// same body and ETag.
+    #[serde(default)]
+    pub created: Option<u64>,
+    /// Overrides of the providers' timeouts for this model (reasoning models think long).
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsSpec>,
+}
+
+/// `{ provider: openai, model: gpt-4o-mini }`: where a model is served and under which name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    pub provider: String,
+    /// The model name the provider expects. Default: the model's id.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// Prices in currency units per million tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingSpec {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+/// The models file (`models_file`): the registry and its optional default model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsFileTop {
+    #[serde(default)]
+    pub models: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pub default_model: Option<String>,
+}

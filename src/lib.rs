@@ -1,0 +1,16 @@
+//! ultra-gateway: an OpenAI-compatible LLM API gateway on Cloudflare's Pingora.
+//!
+//! The library holds everything; `main.rs` is the command line. Start with `server::run`.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod embedded;
+pub mod endpoints;
+pub mod line_sink;
+pub mod mock;
+pub mod proxy;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,167 @@
+//! The built-in mock provider (`kind: mock`): an OpenAI-compatible provider inside the gateway,
+//! with no network. It answers chat completions (plain and SSE, with a final `usage` chunk),
+//! legacy completions and embeddings (deterministic vectors, float or base64), after an optional
+//! configured latency and with an optional failure rate. Used by the development default, the
+//! tests and the benchmarks.
+
+pub mod responses;
+
+use crate::config::MockSpec;
+use crate::endpoints::EndpointGroup;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use rand::Rng;
+use responses::MockInput;
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Adds the gateway's headers to a response.
+pub type Decorate<'a> = dyn Fn(&mut ResponseHeader) + Send + Sync + 'a;
+
+/// One request for the mock.
+pub struct MockCall<'a> {
+    pub group: &'a EndpointGroup,
+    pub body: &'a [u8],
+    /// The model name as the provider knows it (the target's upstream name).
+    pub model: &'a str,
+    pub stream: bool,
+    pub settings: &'a MockSpec,
+    pub request_id: &'a str,
+}
+
+/// What the mock sent.
+pub struct MockOutcome {
+    pub status: u16,
+    pub bytes_out: usize,
+}
+
+/// Answers `call` on `session`. `decorate` adds the gateway's response headers.
+pub async fn serve(
+    session: &mut Session,
+    call: MockCall<'_>,
+    decorate: &Decorate<'_>,
+) -> pingora::Result<MockOutcome> {
+    if call.settings.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(call.settings.latency_ms)).await;
+    }
+    if call.settings.failure_rate > 0.0
+        && rand::thread_rng().gen::<f64>() < call.settings.failure_rate
+    {
+        let body = error_body(
+            "The mock provider failed this request (configured failure_rate).",
+            "server_error",
+            None,
+            "mock_failure",
+        );
+        return send_json(session, 500, body, decorate).await;
+    }
+    let input: MockInput = serde_json::from_slice(call.body).unwrap_or_default();
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let id_suffix = &call.request_id[..call.request_id.len().min(24)];
+    match call.group {
+        EndpointGroup::Chat => {
+            let (reply, chars) = responses::chat_reply(&input);
+            let id = format!("chatcmpl-mock-{id_suffix}");
+            if call.stream {
+                let chunks = responses::chat_chunks(&id, created, call.model, &reply, chars);
+                send_sse(session, chunks, call.settings, decorate).await
+            } else {
+                let v = responses::chat_completion(&id, created, call.model, &reply, chars);
+                send_json(session, 200, v, decorate).await
+            }
+        }
+        EndpointGroup::Completions => {
+            let (reply, chars) = responses::completion_reply(&input);
+            let id = format!("cmpl-mock-{id_suffix}");
+            if call.stream {
+                let chunks = responses::completion_chunks(&id, created, call.model, &reply, chars);
+                send_sse(session, chunks, call.settings, decorate).await
+            } else {
+                let v = responses::text_completion(&id, created, call.model, &reply, chars);
+                send_json(session, 200, v, decorate).await
+            }
+        }
+        EndpointGroup::Embeddings => {
+            match responses::embeddings(call.model, &input, call.settings.embedding_dimensions) {
+                Ok(v) => send_json(session, 200, v, decorate).await,
+                Err(msg) => {
+                    let body = error_body(
+                        &msg,
+                        "invalid_request_error",
+                        Some("input"),
+                        "invalid_input",
+                    );
+                    send_json(session, 400, body, decorate).await
+                }
+            }
+        }
+        other => {
+            let msg = format!("The mock provider does not implement the `{other}` endpoint.");
+            let body = error_body(&msg, "invalid_request_error", None, "unknown_endpoint");
+            send_json(session, 404, body, decorate).await
+        }
+    }
+}
+
+fn error_body(message: &str, ty: &str, param: Option<&str>, code: &str) -> Value {
+    json!({ "error": { "message": message, "type": ty, "param": param, "code": code } })
+}
+
+async fn send_json(
+    session: &mut Session,
+    status: u16,
+    value: Value,
+    decorate: &Decorate<'_>,
+) -> pingora::Result<MockOutcome> {
+    let body = Bytes::from(serde_json::to_vec(&value).expect("JSON value serializes"));
+    let mut h = ResponseHeader::build(status, Some(4))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    decorate(&mut h);
+    let len = body.len();
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(MockOutcome {
+        status,
+        bytes_out: len,
+    })
+}
+
+async fn send_sse(
+    session: &mut Session,
+    chunks: Vec<Value>,
+    settings: &MockSpec,
+    decorate: &Decorate<'_>,
+) -> pingora::Result<MockOutcome> {
+    let mut h = ResponseHeader::build(200, Some(4))?;
+    h.insert_header("content-type", "text/event-stream; charset=utf-8")?;
+    h.insert_header("cache-control", "no-cache")?;
+    decorate(&mut h);
+    session.write_response_header(Box::new(h), false).await?;
+    let mut sent = 0;
+    let interval = Duration::from_millis(settings.chunk_interval_ms);
+    for (i, c) in chunks.iter().enumerate() {
+        if i > 0 && !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+        let mut line = Vec::with_capacity(256);
+        line.extend_from_slice(b"data: ");
+        serde_json::to_writer(&mut line, c).expect("JSON value serializes");
+        line.extend_from_slice(b"\n\n");
+        sent += line.len();
+        session
+            .write_response_body(Some(Bytes::from(line)), false)
+            .await?;
+    }
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    sent += done.len();
+    session.write_response_body(Some(done), true).await?;
+    Ok(MockOutcome {
+        status: 200,
+        bytes_out: sent,
+    })
+}

@@ -1,0 +1,297 @@
+//! The gateway's own errors and the one place that knows their status codes and the
+//! OpenAI-shaped JSON `{"error":{"message","type","param","code"}}` (DESIGN.md's error table).
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use serde_json::json;
+
+/// An error the gateway answers itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GatewayError {
+    /// The body is not JSON, or not a JSON object.
+    InvalidJson(String),
+    /// No `model`, or `model` is not a string.
+    MissingModel(&'static str),
+    ModelNotFound {
+        model: String,
+        suggestions: Vec<String>,
+    },
+    UnknownEndpoint,
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    RequestTooLarge {
+        limit: u64,
+    },
+    /// The upstream answered with something unusable, or could not be reached.
+    BadUpstream {
+        provider: String,
+        detail: &'static str,
+    },
+    /// The provider refused the gateway's key (its 401/403): the gateway's problem.
+    ProviderAuthFailed {
+        provider: String,
+    },
+    NoHealthyUpstream {
+        model: String,
+        retry_after: u64,
+    },
+    UpstreamTimeout {
+        provider: String,
+    },
+    /// A failure inside the gateway.
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::InvalidJson(_) | GatewayError::MissingModel(_) => 400,
+            GatewayError::ModelNotFound { .. } | GatewayError::UnknownEndpoint => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::RequestTooLarge { .. } => 413,
+            GatewayError::BadUpstream { .. } | GatewayError::ProviderAuthFailed { .. } => 502,
+            GatewayError::NoHealthyUpstream { .. } => 503,
+            GatewayError::UpstreamTimeout { .. } => 504,
+            GatewayError::Internal => 500,
+        }
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        match self.status() {
+            400 | 404 | 405 | 413 => "invalid_request_error",
+            500 => "server_error",
+            _ => "upstream_error",
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidJson(_) => "invalid_json",
+            GatewayError::MissingModel(_) => "missing_model",
+            GatewayError::ModelNotFound { .. } => "model_not_found",
+            GatewayError::UnknownEndpoint => "unknown_endpoint",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::RequestTooLarge { .. } => "request_too_large",
+            GatewayError::BadUpstream { .. } => "bad_upstream_response",
+            GatewayError::ProviderAuthFailed { .. } => "provider_auth_failed",
+            GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::Internal => "internal_error",
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::MissingModel(_) | GatewayError::ModelNotFound { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::InvalidJson(detail) => format!("The request body is not valid JSON: {detail}."),
+            GatewayError::MissingModel(why) => format!("The request body {why}."),
+            GatewayError::ModelNotFound { model, suggestions } => {
+                let shown: String = model.chars().take(128).collect();
+                if suggestions.is_empty() {
+                    format!("The model `{shown}` does not exist. GET /v1/models lists the models you can use.")
+                } else {
+                    format!("The model `{shown}` does not exist. Did you mean: {}?", suggestions.join(", "))
+                }
+            }
+            GatewayError::UnknownEndpoint => {
+                "This gateway does not serve this path. Proxied: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations; local: GET /v1/models, /api/available-models, /health, /ready.".into()
+            }
+            GatewayError::MethodNotAllowed { allow } => format!("This path only accepts {allow}."),
+            GatewayError::RequestTooLarge { limit } => {
+                format!("The request body is larger than this gateway accepts ({limit} bytes).")
+            }
+            GatewayError::BadUpstream { provider, detail } => format!("Provider `{provider}` failed: {detail}."),
+            GatewayError::ProviderAuthFailed { provider } => format!(
+                "Provider `{provider}` rejected the gateway's credentials. This is a gateway configuration problem, not a problem with your request or credentials."
+            ),
+            GatewayError::NoHealthyUpstream { model, .. } => {
+                format!("No provider can serve the model `{model}` right now. Try again later.")
+            }
+            GatewayError::UpstreamTimeout { provider } => format!("Provider `{provider}` did not answer in time."),
+            GatewayError::Internal => "The gateway failed to handle this request.".into(),
+        }
+    }
+
+    /// `Retry-After` seconds, for errors that have one.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::NoHealthyUpstream { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// Whether an SDK should retry (`x-should-retry`); `None` leaves it to the SDK's defaults.
+    /// Errors about the request, or about the gateway's own credentials, never improve on retry.
+    pub fn should_retry(&self) -> Option<bool> {
+        match self {
+            GatewayError::NoHealthyUpstream { .. }
+            | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::BadUpstream { .. } => None,
+            _ => Some(false),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Bytes {
+        let v = json!({
+            "error": {
+                "message": self.message(),
+                "type": self.error_type(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        });
+        Bytes::from(serde_json::to_vec(&v).expect("JSON value serializes"))
+    }
+
+    /// The response header for a body of `len` bytes.
+    pub fn response_header(&self, request_id: &str, len: usize) -> ResponseHeader {
+        let mut h = json_header(self.status(), request_id, len);
+        if let Some(s) = self.retry_after() {
+            let _ = h.insert_header("retry-after", s.to_string());
+        }
+        if let Some(r) = self.should_retry() {
+            let _ = h.insert_header("x-should-retry", if r { "true" } else { "false" });
+        }
+        if let GatewayError::MethodNotAllowed { allow } = self {
+            let _ = h.insert_header("allow", *allow);
+        }
+        h
+    }
+}
+
+/// A JSON response header with the gateway's common headers.
+pub fn json_header(status: u16, request_id: &str, len: usize) -> ResponseHeader {
+    let mut h = ResponseHeader::build(status, Some(6)).expect("valid status");
+    let _ = h.insert_header("content-type", "application/json");
+    let _ = h.insert_header("content-length", len.to_string());
+    let _ = h.insert_header("x-request-id", request_id);
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_rows() {
+        let cases: Vec<(GatewayError, u16, &str, &str)> = vec![
+            (
+                GatewayError::InvalidJson("x".into()),
+                400,
+                "invalid_request_error",
+                "invalid_json",
+            ),
+            (
+                GatewayError::MissingModel("has no `model`"),
+                400,
+                "invalid_request_error",
+                "missing_model",
+            ),
+            (
+                GatewayError::ModelNotFound {
+                    model: "m".into(),
+                    suggestions: vec![],
+                },
+                404,
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            (
+                GatewayError::UnknownEndpoint,
+                404,
+                "invalid_request_error",
+                "unknown_endpoint",
+            ),
+            (
+                GatewayError::MethodNotAllowed { allow: "POST" },
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+            ),
+            (
+                GatewayError::RequestTooLarge { limit: 1 },
+                413,
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            (
+                GatewayError::BadUpstream {
+                    provider: "p".into(),
+                    detail: "x",
+                },
+                502,
+                "upstream_error",
+                "bad_upstream_response",
+            ),
+            (
+                GatewayError::ProviderAuthFailed {
+                    provider: "p".into(),
+                },
+                502,
+                "upstream_error",
+                "provider_auth_failed",
+            ),
+            (
+                GatewayError::NoHealthyUpstream {
+                    model: "m".into(),
+                    retry_after: 5,
+                },
+                503,
+                "upstream_error",
+                "no_healthy_upstream",
+            ),
+            (
+                GatewayError::UpstreamTimeout {
+                    provider: "p".into(),
+                },
+                504,
+                "upstream_error",
+                "upstream_timeout",
+            ),
+        ];
+        for (e, status, ty, code) in cases {
+            assert_eq!(
+                (e.status(), e.error_type(), e.code()),
+                (status, ty, code),
+                "{e:?}"
+            );
+            let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+            assert_eq!(v["error"]["code"], code);
+            assert_eq!(v["error"]["type"], ty);
+            assert!(v["error"]["message"].as_str().unwrap().len() > 5);
+        }
+    }
+
+    #[test]
+    fn suggestions_are_in_the_message() {
+        let e = GatewayError::ModelNotFound {
+            model: "gpt-4o-mni".into(),
+            suggestions: vec!["gpt-4o-mini".into(), "gpt-4o".into()],
+        };
+        assert!(e.message().contains("Did you mean: gpt-4o-mini, gpt-4o?"));
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["param"], "model");
+    }
+
+    #[test]
+    fn headers_carry_retry_hints() {
+        let e = GatewayError::NoHealthyUpstream {
+            model: "m".into(),
+            retry_after: 7,
+        };
+        let h = e.response_header("rid", 10);
+        assert_eq!(h.headers["retry-after"], "7");
+        assert!(h.headers.get("x-should-retry").is_none());
+        let h = GatewayError::UnknownEndpoint.response_header("rid", 10);
+        assert_eq!(h.headers["x-should-retry"], "false");
+        assert_eq!(h.headers["x-request-id"], "rid");
+    }
+}

@@ -1,0 +1,155 @@
+//! Header hygiene (DESIGN.md): what a client sent that must never reach a provider, what a
+//! provider sent that must never reach a client, and the request id.
+
+use http::HeaderName;
+use pingora::http::{RequestHeader, ResponseHeader};
+use rand::Rng;
+
+/// Client request headers never forwarded: credentials for the gateway, the organisation's
+/// provider account selectors, forwarding details of the internal network, and headers the
+/// gateway sets itself.
+const STRIPPED_REQUEST: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "openai-organization",
+    "openai-project",
+    "expect",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "accept-encoding",
+    "content-length",
+    "host",
+];
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), removed in both directions.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Provider response headers never passed to clients: cookies, and the organisation's account
+/// identifiers.
+const STRIPPED_RESPONSE: &[&str] = &["set-cookie", "openai-organization", "openai-project"];
+
+/// Provider headers carrying the provider's request id, kept as `x-upstream-request-id`.
+const UPSTREAM_REQUEST_ID: &[&str] = &["x-request-id", "request-id", "apim-request-id"];
+
+/// The client's `x-request-id` when it is a sane token (1-128 of `A-Za-z0-9._:-`), otherwise
+/// a new random id.
+pub fn request_id(req: &RequestHeader) -> String {
+    if let Some(v) = req
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        if (1..=128).contains(&v.len())
+            && v.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+        {
+            return v.to_string();
+        }
+    }
+    format!("{:032x}", rand::thread_rng().gen::<u128>())
+}
+
+/// Removes from an upstream request everything the client must not pass on.
+pub fn scrub_request(req: &mut RequestHeader) {
+    for n in connection_nominated(&req.headers) {
+        req.remove_header(&n);
+    }
+    for name in STRIPPED_REQUEST.iter().chain(HOP_BY_HOP) {
+        req.remove_header(*name);
+    }
+}
+
+/// Removes from a provider response what the client must not see, and keeps the provider's
+/// request id under `x-upstream-request-id`.
+pub fn scrub_response(resp: &mut ResponseHeader) {
+    for n in connection_nominated(&resp.headers) {
+        resp.remove_header(&n);
+    }
+    for name in STRIPPED_RESPONSE
+        .iter()
+        .chain(HOP_BY_HOP.iter().filter(|h| **h != "transfer-encoding"))
+    {
+        resp.remove_header(*name);
+    }
+    for name in UPSTREAM_REQUEST_ID {
+        if let Some(v) = resp.remove_header(*name) {
+            let _ = resp.insert_header("x-upstream-request-id", v);
+            break;
+        }
+    }
+}
+
+/// Headers named in `Connection` are hop-by-hop too.
+fn connection_nominated(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sane_request_ids_are_kept() {
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        req.insert_header("x-request-id", "abc-123_x.y:z").unwrap();
+        assert_eq!(request_id(&req), "abc-123_x.y:z");
+        req.insert_header("x-request-id", "bad id;drop").unwrap();
+        let id = request_id(&req);
+        assert_eq!(id.len(), 32);
+        req.insert_header("x-request-id", "a".repeat(129)).unwrap();
+        assert_eq!(request_id(&req).len(), 32);
+    }
+
+    #[test]
+    fn credentials_and_hop_by_hop_are_removed() {
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        for h in [
+            "authorization",
+            "x-api-key",
+            "cookie",
+            "openai-organization",
+            "x-secret",
+            "user-agent",
+        ] {
+            req.insert_header(h, "v").unwrap();
+        }
+        req.insert_header("connection", "keep-alive, x-secret")
+            .unwrap();
+        scrub_request(&mut req);
+        let left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["user-agent"]);
+    }
+
+    #[test]
+    fn response_cookies_go_and_request_id_is_renamed() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("set-cookie", "a=b").unwrap();
+        resp.insert_header("openai-organization", "org-x").unwrap();
+        resp.insert_header("x-request-id", "req_123").unwrap();
+        scrub_response(&mut resp);
+        assert!(resp.headers.get("set-cookie").is_none());
+        assert!(resp.headers.get("openai-organization").is_none());
+        assert!(resp.headers.get("x-request-id").is_none());
+        assert_eq!(resp.headers["x-upstream-request-id"], "req_123");
+    }
+}

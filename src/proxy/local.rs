@@ -1,0 +1,189 @@
+//! Endpoints the gateway answers itself: `/health`, `/ready`, `/v1/models`, `/v1/models/{id}`,
+//! `/api/available-models`.
+
+use super::errors::{json_header, GatewayError};
+use crate::registry::{etag_matches, Rendered};
+use crate::runtime::Runtime;
+use bytes::Bytes;
+use http::Method;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::json;
+
+/// A local endpoint.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Local<'a> {
+    Health,
+    Ready,
+    ModelsList,
+    Model(&'a str),
+    AvailableModels,
+}
+
+/// Matches a normalised path.
+pub fn route(path: &str) -> Option<Local<'_>> {
+    match path {
+        "/health" | "/healthz" => Some(Local::Health),
+        "/ready" | "/readyz" => Some(Local::Ready),
+        "/v1/models" => Some(Local::ModelsList),
+        "/api/available-models" => Some(Local::AvailableModels),
+        _ => path.strip_prefix("/v1/models/").map(Local::Model),
+    }
+}
+
+/// A response to send: status, headers beyond the common ones, and the body.
+pub struct LocalResponse {
+    pub status: u16,
+    pub header: ResponseHeader,
+    pub body: Bytes,
+}
+
+/// Answers a local endpoint. `if_none_match` is the request's header, if any.
+pub fn respond(
+    local: Local<'_>,
+    method: &Method,
+    if_none_match: Option<&[u8]>,
+    rt: &Runtime,
+    request_id: &str,
+) -> LocalResponse {
+    if method != Method::GET && method != Method::HEAD {
+        return error(
+            GatewayError::MethodNotAllowed { allow: "GET, HEAD" },
+            request_id,
+        );
+    }
+    match local {
+        Local::Health => plain_json(200, json!({ "status": "ok" }), request_id),
+        Local::Ready => ready(rt, request_id),
+        Local::ModelsList => cached(rt.registry.models_list(), if_none_match, rt, request_id),
+        Local::AvailableModels => {
+            let rendered = rt.available_models();
+            cached(&rendered, if_none_match, rt, request_id)
+        }
+        Local::Model(id) => match rt.registry.lookup(id) {
+            Some(idx) => cached(rt.registry.model_object(idx), if_none_match, rt, request_id),
+            None => error(
+                GatewayError::ModelNotFound {
+                    model: id.to_string(),
+                    suggestions: rt
+                        .registry
+                        .suggestions(id)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
+                },
+                request_id,
+            ),
+        },
+    }
+}
+
+/// Writes a local response (headers only for HEAD).
+pub async fn send(
+    session: &mut Session,
+    resp: LocalResponse,
+    head: bool,
+) -> pingora::Result<usize> {
+    let has_body = !head && !resp.body.is_empty();
+    session
+        .write_response_header(Box::new(resp.header), !has_body)
+        .await?;
+    if has_body {
+        let n = resp.body.len();
+        session.write_response_body(Some(resp.body), true).await?;
+        return Ok(n);
+    }
+    Ok(0)
+}
+
+fn ready(rt: &Runtime, request_id: &str) -> LocalResponse {
+    let servable = rt.servable();
+    let resolved = rt.pools().all(|p| p.resolved_once());
+    let unservable: Vec<&str> = rt
+        .registry
+        .models()
+        .iter()
+        .zip(&servable)
+        .filter(|(_, ok)| !**ok)
+        .map(|(m, _)| &*m.id)
+        .collect();
+    let servable_count = servable.iter().filter(|s| **s).count();
+    let ready = resolved && servable_count > 0;
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {
+            "config_loaded": true,
+            "listening": true,
+            "upstreams_resolved": resolved,
+            "servable_models": servable_count,
+        },
+        "unservable_models": unservable,
+    });
+    plain_json(if ready { 200 } else { 503 }, body, request_id)
+}
+
+fn plain_json(status: u16, v: serde_json::Value, request_id: &str) -> LocalResponse {
+    let body = Bytes::from(serde_json::to_vec(&v).expect("JSON value serializes"));
+    let mut header = json_header(status, request_id, body.len());
+    let _ = header.insert_header("cache-control", "no-store");
+    LocalResponse {
+        status,
+        header,
+        body,
+    }
+}
+
+fn cached(
+    r: &Rendered,
+    if_none_match: Option<&[u8]>,
+    rt: &Runtime,
+    request_id: &str,
+) -> LocalResponse {
+    let cache_control = format!("private, max-age={}", rt.models_max_age_seconds);
+    if if_none_match.is_some_and(|v| etag_matches(v, &r.etag)) {
+        let mut header = ResponseHeader::build(304, Some(4)).expect("valid status");
+        let _ = header.insert_header("etag", &r.etag);
+        let _ = header.insert_header("cache-control", &cache_control);
+        let _ = header.insert_header("x-request-id", request_id);
+        return LocalResponse {
+            status: 304,
+            header,
+            body: Bytes::new(),
+        };
+    }
+    let mut header = json_header(200, request_id, r.body.len());
+    let _ = header.insert_header("etag", &r.etag);
+    let _ = header.insert_header("cache-control", &cache_control);
+    LocalResponse {
+        status: 200,
+        header,
+        body: r.body.clone(),
+    }
+}
+
+/// An error response for local endpoints and early rejections.
+pub fn error(e: GatewayError, request_id: &str) -> LocalResponse {
+    let body = e.body();
+    let header = e.response_header(request_id, body.len());
+    LocalResponse {
+        status: e.status(),
+        header,
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/health"), Some(Local::Health));
+        assert_eq!(route("/v1/models"), Some(Local::ModelsList));
+        assert_eq!(
+            route("/v1/models/meta-llama/Llama-3"),
+            Some(Local::Model("meta-llama/Llama-3"))
+        );
+        assert_eq!(route("/v1/chat/completions"), None);
+    }
+}

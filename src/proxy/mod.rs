@@ -1,0 +1,452 @@
+//! The `ProxyHttp` implementation. Each hook is a step of DESIGN.md's request flow and calls
+//! into the modules that hold the decisions:
+//!
+//! | hook                       | does                                            | module          |
+//! |----------------------------|-------------------------------------------------|-----------------|
+//! | `request_filter`           | snapshot, local endpoints, body, route, mock    | `local`, `body`, `model_field`, `route`, `mock` |
+//! | `upstream_peer`            | pick a backend of the target's pool             | `upstream::pool`|
+//! | `upstream_request_filter`  | header hygiene, path, Host, key, Content-Length | `headers`, `upstream::provider` |
+//! | `request_body_filter`      | send the (rewritten) body at end of stream      | `body`          |
+//! | `upstream_response_filter` | scrub, tag, provider 401/403 -> 502             | `headers`       |
+//! | `response_body_filter`     | count bytes                                     |                 |
+//! | `fail_to_proxy`            | OpenAI-shaped error, 504 for timeouts           | `errors`        |
+//! | `logging`                  | access log                                      | `access_log`    |
+
+mod access_log;
+pub mod body;
+pub mod errors;
+pub mod headers;
+pub mod local;
+pub mod model_field;
+mod route;
+mod subrequest;
+
+use crate::line_sink::{now_rfc3339, LineSink};
+use crate::mock;
+use crate::registry::Target;
+use crate::runtime::Runtime;
+use crate::upstream::pool::Selected;
+use access_log::{ms, AccessEntry};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use errors::GatewayError;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::ALPN;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Response header naming the model that served a request for an unknown model name.
+pub const DEFAULT_MODEL_HEADER: &str = "x-ultra-default-model";
+
+/// The gateway's proxy logic.
+pub struct Gateway {
+    runtime: Arc<ArcSwap<Runtime>>,
+    access_log: LineSink,
+}
+
+impl Gateway {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, access_log: LineSink) -> Gateway {
+        Gateway {
+            runtime,
+            access_log,
+        }
+    }
+}
+
+/// Per-request state: plain data, no locks.
+pub struct RequestCtx {
+    started: Instant,
+    rt: Option<Arc<Runtime>>,
+    request_id: String,
+    /// Normalised path.
+    path: String,
+    route: Option<route::Route>,
+    body: Bytes,
+    backend: Option<Selected>,
+    upstream_sent: Option<Instant>,
+    upstream_header: Option<Instant>,
+    upstream_done: Option<Instant>,
+    /// Status of a response the gateway wrote itself.
+    local_status: Option<u16>,
+    bytes_out: usize,
+    error_code: Option<&'static str>,
+    /// The error `fail_to_proxy` should answer with, set by the hook that failed.
+    pending_error: Option<GatewayError>,
+    /// This request only relays a subrequest that does the proxying (and the logging).
+    relayed: bool,
+}
+
+impl RequestCtx {
+    fn target(&self) -> Option<&Target> {
+        self.route.as_ref().map(|r| &r.target)
+    }
+
+    /// Adds the gateway's headers to a response for this request.
+    fn decorate(&self, h: &mut ResponseHeader) {
+        let _ = h.insert_header("x-request-id", &self.request_id);
+        if let Some(r) = &self.route {
+            let _ = h.insert_header("x-ultra-provider", &*r.target.provider_name);
+            if r.default_model_used {
+                let _ = h.insert_header(DEFAULT_MODEL_HEADER, &*r.model_id);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            rt: None,
+            request_id: String::new(),
+            path: String::new(),
+            route: None,
+            body: Bytes::new(),
+            backend: None,
+            upstream_sent: None,
+            upstream_header: None,
+            upstream_done: None,
+            local_status: None,
+            bytes_out: 0,
+            error_code: None,
+            pending_error: None,
+            relayed: false,
+        }
+    }
+
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
+        subrequest::may_need(session)
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let rt = self.runtime.load_full();
+        ctx.request_id = subrequest::inherited_request_id(session)
+            .unwrap_or_else(|| headers::request_id(session.req_header()));
+        ctx.rt = Some(rt.clone());
+        let Some(path) = crate::endpoints::normalize(session.req_header().uri.path()) else {
+            return reject(session, ctx, GatewayError::UnknownEndpoint).await;
+        };
+        ctx.path = path;
+
+        if let Some(l) = local::route(&ctx.path) {
+            let method = session.req_header().method.clone();
+            let inm = session
+                .req_header()
+                .headers
+                .get("if-none-match")
+                .map(|v| v.as_bytes().to_vec());
+            let resp = local::respond(l, &method, inm.as_deref(), &rt, &ctx.request_id);
+            ctx.local_status = Some(resp.status);
+            ctx.bytes_out = local::send(session, resp, method == http::Method::HEAD).await?;
+            return Ok(true);
+        }
+
+        match route::route(session, ctx, &rt).await? {
+            route::Routed::Proxy => {}
+            route::Routed::Rejected(e) => return reject(session, ctx, e).await,
+            route::Routed::Mock => return serve_mock(session, ctx, &rt).await,
+            route::Routed::NeedsSubrequest(body) => {
+                ctx.relayed = true;
+                subrequest::relay(session, ctx, body).await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (rt, target) = match (&ctx.rt, ctx.target()) {
+            (Some(rt), Some(t)) => (rt.clone(), t.clone()),
+            _ => {
+                return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route")
+            }
+        };
+        let provider = rt.provider(target.provider);
+        let selected = provider.pool.as_ref().and_then(|p| p.select());
+        let Some(sel) = selected else {
+            ctx.pending_error = Some(GatewayError::NoHealthyUpstream {
+                model: ctx
+                    .route
+                    .as_ref()
+                    .map(|r| r.model_id.to_string())
+                    .unwrap_or_default(),
+                retry_after: 5,
+            });
+            return Error::e_explain(ErrorType::ConnectNoRoute, "no backend available");
+        };
+        let mut peer = HttpPeer::new(sel.addr, sel.endpoint.tls, sel.endpoint.sni.clone());
+        let t = target.timeouts;
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.total_connection_timeout = Some(t.connect * 2);
+        // Pingora 0.9 has one read timeout for the first byte and for each later gap.
+        peer.options.read_timeout = Some(t.first_byte.max(t.between_chunks));
+        peer.options.write_timeout = Some(t.between_chunks);
+        peer.options.alpn = ALPN::H1;
+        peer.options.ca = provider.ca.clone();
+        ctx.backend = Some(sel);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(rt), Some(target), Some(sel)) = (&ctx.rt, ctx.target(), &ctx.backend) else {
+            return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
+        };
+        headers::scrub_request(req);
+        let mut path = sel.endpoint.upstream_path(&ctx.path);
+        if let Some(q) = req.uri.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        let uri =
+            http::Uri::try_from(path).or_err(ErrorType::InternalError, "building upstream URI")?;
+        req.set_uri(uri);
+        req.insert_header("host", &sel.endpoint.host_header)?;
+        rt.provider(target.provider).apply_auth(req)?;
+        req.insert_header("content-length", ctx.body.len().to_string())?;
+        req.insert_header("accept-encoding", "identity")?;
+        req.insert_header("x-request-id", &ctx.request_id)?;
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Pingora replays the tail kept in its retry buffer; the whole body goes at its end.
+        // `None` before the end would tell Pingora the body is over, hence the empty chunk.
+        *body = Some(if end_of_stream {
+            ctx.body.clone()
+        } else {
+            Bytes::new()
+        });
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        ctx.upstream_header = Some(Instant::now());
+        let status = resp.status.as_u16();
+        if status == 401 || status == 403 {
+            let provider = ctx
+                .target()
+                .map(|t| t.provider_name.to_string())
+                .unwrap_or_default();
+            let key_id = ctx.route.as_ref().and_then(|r| r.key_id.clone());
+            tracing::warn!(
+                request_id = %ctx.request_id,
+                provider = %provider,
+                key_id = key_id.as_deref().unwrap_or("-"),
+                status,
+                "provider refused the gateway's credentials"
+            );
+            ctx.pending_error = Some(GatewayError::ProviderAuthFailed { provider });
+            return Error::e_explain(
+                ErrorType::HTTPStatus(status),
+                "provider refused credentials",
+            );
+        }
+        headers::scrub_response(resp);
+        ctx.decorate(resp);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(b) = body {
+            ctx.bytes_out += b.len();
+        }
+        if end_of_stream && ctx.upstream_header.is_some() {
+            ctx.upstream_done = Some(Instant::now());
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let gerr = ctx.pending_error.take().or_else(|| classify(e, ctx));
+        let written = session
+            .response_written()
+            .is_some_and(|h| !h.status.is_informational());
+        let code = match gerr {
+            Some(gerr) if !written => {
+                ctx.error_code = Some(gerr.code());
+                let status = gerr.status();
+                let body = gerr.body();
+                let mut h = gerr.response_header(&ctx.request_id, body.len());
+                ctx.decorate(&mut h);
+                ctx.bytes_out += body.len();
+                if session
+                    .write_response_header(Box::new(h), false)
+                    .await
+                    .is_ok()
+                {
+                    let _ = session.write_response_body(Some(body), true).await;
+                }
+                status
+            }
+            Some(gerr) => {
+                ctx.error_code = Some(gerr.code());
+                gerr.status()
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
+        // Errors the gateway turned into a response are in the access log already.
+        ctx.error_code.is_some()
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.relayed {
+            return;
+        }
+        let status = ctx
+            .local_status
+            .or_else(|| session.response_written().map(|h| h.status.as_u16()))
+            .unwrap_or(0);
+        let route = ctx.route.as_ref();
+        let since_sent = |end: Option<Instant>| Some(ms(end?.duration_since(ctx.upstream_sent?)));
+        let entry = AccessEntry {
+            ts: now_rfc3339(),
+            request_id: &ctx.request_id,
+            method: session.req_header().method.as_str(),
+            path: &ctx.path,
+            model: route.map(|r| &*r.model_id),
+            requested_model: route
+                .filter(|r| *r.requested_model != *r.model_id)
+                .map(|r| &*r.requested_model),
+            provider: route.map(|r| &*r.target.provider_name),
+            backend: ctx.backend.as_ref().map(|b| b.addr.to_string()),
+            key_id: route.and_then(|r| r.key_id.as_deref()),
+            status,
+            error: ctx.error_code,
+            stream: route.is_some_and(|r| r.stream),
+            latency_ms: ms(ctx.started.elapsed()),
+            upstream_ms: since_sent(ctx.upstream_done),
+            upstream_ttfb_ms: since_sent(ctx.upstream_header),
+            bytes_in: session.body_bytes_read(),
+            bytes_out: ctx.bytes_out,
+            client: session.client_addr().map(|a| a.to_string()),
+        };
+        self.access_log.write_json(&entry);
+    }
+}
+
+/// Answers with a gateway error from `request_filter`.
+async fn reject(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError) -> Result<bool> {
+    ctx.error_code = Some(e.code());
+    let mut resp = local::error(e, &ctx.request_id);
+    ctx.decorate(&mut resp.header);
+    ctx.local_status = Some(resp.status);
+    // A body left unread cannot be skipped reliably on this connection: close it.
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    ctx.bytes_out = local::send(session, resp, head).await?;
+    Ok(true)
+}
+
+async fn serve_mock(session: &mut Session, ctx: &mut RequestCtx, rt: &Runtime) -> Result<bool> {
+    let Some(route) = ctx.route.as_ref() else {
+        return Error::e_explain(ErrorType::InternalError, "mock without a route");
+    };
+    let provider = rt.provider(route.target.provider);
+    let settings = provider.mock.clone().unwrap_or_default();
+    let call = mock::MockCall {
+        group: &route.group,
+        body: &ctx.body,
+        model: &route.target.upstream_model,
+        stream: route.stream,
+        settings: &settings,
+        request_id: &ctx.request_id,
+    };
+    let decorate = |h: &mut ResponseHeader| ctx.decorate(h);
+    let outcome = mock::serve(session, call, &decorate).await?;
+    ctx.local_status = Some(outcome.status);
+    ctx.bytes_out = outcome.bytes_out;
+    Ok(true)
+}
+
+/// Maps a Pingora error to the gateway error the client sees; `None` when the client is gone.
+fn classify(e: &Error, ctx: &RequestCtx) -> Option<GatewayError> {
+    let provider = || {
+        ctx.target()
+            .map(|t| t.provider_name.to_string())
+            .unwrap_or_default()
+    };
+    match (e.esource(), e.etype()) {
+        (ErrorSource::Downstream, _) => None,
+        (_, ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+            Some(GatewayError::UpstreamTimeout {
+                provider: provider(),
+            })
+        }
+        (
+            _,
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::SocketError
+            | ErrorType::BindError,
+        ) => Some(GatewayError::BadUpstream {
+            provider: provider(),
+            detail: "could not connect",
+        }),
+        (
+            _,
+            ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert,
+        ) => Some(GatewayError::BadUpstream {
+            provider: provider(),
+            detail: "TLS handshake failed",
+        }),
+        (ErrorSource::Upstream, _) => Some(GatewayError::BadUpstream {
+            provider: provider(),
+            detail: "the connection failed or the response was malformed",
+        }),
+        _ => Some(GatewayError::Internal),
+    }
+}

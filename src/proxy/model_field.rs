@@ -1,0 +1,249 @@
+//! The body's top-level `model` and `stream`, read without building a JSON tree of the whole body
+//! (bodies reach megabytes, and `model` may come after all the messages), and the model rewrite
+//! done by splicing bytes at the value's offset.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// What the gateway needs from a request body.
+#[derive(Debug, PartialEq)]
+pub struct Probe<'a> {
+    pub model: Cow<'a, str>,
+    pub stream: bool,
+}
+
+/// Why a body cannot be routed.
+#[derive(Debug, PartialEq)]
+pub enum ProbeError {
+    /// Not JSON, not an object, or a duplicated top-level `model`/`stream`.
+    InvalidJson(String),
+    /// No `model`, or not a string.
+    MissingModel(&'static str),
+}
+
+#[derive(Deserialize)]
+struct RawProbe<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream: Option<&'a RawValue>,
+}
+
+/// Validates the body as a JSON object and reads its top-level `model` and `stream`.
+/// Duplicate `model` keys are refused: a gateway and a provider that disagree about which one
+/// counts would let a caller authorise one model and use another.
+pub fn probe(body: &[u8]) -> Result<Probe<'_>, ProbeError> {
+    let raw: RawProbe = serde_json::from_slice(body).map_err(|e| {
+        let msg = e.to_string();
+        if msg.starts_with("invalid type") {
+            ProbeError::InvalidJson("the body must be a JSON object".into())
+        } else {
+            ProbeError::InvalidJson(msg)
+        }
+    })?;
+    let model = raw
+        .model
+        .ok_or(ProbeError::MissingModel("has no `model` field"))?;
+    let model: Cow<str> = serde_json::from_str(model.get())
+        .map_err(|_| ProbeError::MissingModel("has a `model` field that is not a string"))?;
+    if model.is_empty() {
+        return Err(ProbeError::MissingModel("has an empty `model`"));
+    }
+    let stream = raw.stream.is_some_and(|s| s.get() == "true");
+    Ok(Probe { model, stream })
+}
+
+/// Byte range of the top-level `key`'s value in a body that `probe` accepted.
+pub fn value_range(body: &[u8], key: &str) -> Option<Range<usize>> {
+    let mut i = skip_ws(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(body, i);
+        match body.get(i)? {
+            b'}' => return None,
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let key_start = i;
+        i = skip_string(body, i)?;
+        let key_raw = &body[key_start..i];
+        i = skip_ws(body, i);
+        if body.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(body, i + 1);
+        let value_start = i;
+        i = skip_value(body, i)?;
+        if key_equals(key_raw, key) {
+            return Some(value_start..i);
+        }
+    }
+}
+
+/// Replaces the top-level `model` value with `new_model`. `None` if the body has no such value
+/// (cannot happen after `probe`).
+pub fn rewrite_model(body: &Bytes, new_model: &str) -> Option<Bytes> {
+    let range = value_range(body, "model")?;
+    let quoted = serde_json::to_string(new_model).ok()?;
+    let mut out = Vec::with_capacity(body.len() - range.len() + quoted.len());
+    out.extend_from_slice(&body[..range.start]);
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(&body[range.end..]);
+    Some(Bytes::from(out))
+}
+
+fn key_equals(raw_with_quotes: &[u8], key: &str) -> bool {
+    let inner = &raw_with_quotes[1..raw_with_quotes.len() - 1];
+    if !inner.contains(&b'\\') {
+        return inner == key.as_bytes();
+    }
+    serde_json::from_slice::<String>(raw_with_quotes).is_ok_and(|k| k == key)
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// `i` at an opening quote; returns the index after the closing quote.
+fn skip_string(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        let pos = memchr2(b'"', b'\\', &b[j..])?;
+        j += pos;
+        if b[j] == b'\\' {
+            j += 2;
+        } else {
+            return Some(j + 1);
+        }
+    }
+}
+
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match *b.get(j)? {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while let Some(&c) = b.get(j) {
+                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                    break;
+                }
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+fn memchr2(a: u8, c: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&x| x == a || x == c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_reads_model_and_stream_anywhere() {
+        let body = br#"{"messages":[{"role":"user","content":"hi \"model\": x"}],"stream":true,"model":"gpt-4o"}"#;
+        let p = probe(body).unwrap();
+        assert_eq!(p.model, "gpt-4o");
+        assert!(p.stream);
+        assert!(!probe(br#"{"model":"m","stream":"true"}"#).unwrap().stream);
+    }
+
+    #[test]
+    fn probe_errors() {
+        assert!(matches!(
+            probe(b"not json"),
+            Err(ProbeError::InvalidJson(_))
+        ));
+        assert!(matches!(probe(b"[1,2]"), Err(ProbeError::InvalidJson(_))));
+        assert!(matches!(
+            probe(b"{\"model\":\"a\"} trailing"),
+            Err(ProbeError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            probe(br#"{"model":"a","model":"b"}"#),
+            Err(ProbeError::InvalidJson(_))
+        ));
+        assert_eq!(
+            probe(b"{}"),
+            Err(ProbeError::MissingModel("has no `model` field"))
+        );
+        assert!(matches!(
+            probe(br#"{"model":5}"#),
+            Err(ProbeError::MissingModel(_))
+        ));
+        assert!(matches!(
+            probe(br#"{"model":""}"#),
+            Err(ProbeError::MissingModel(_))
+        ));
+    }
+
+    #[test]
+    fn escaped_model_is_decoded() {
+        let p = probe(br#"{"model":"gpt\u002d4o"}"#).unwrap();
+        assert_eq!(p.model, "gpt-4o");
+    }
+
+    #[test]
+    fn rewrite_touches_only_the_top_level_value() {
+        let body = Bytes::from_static(
+            br#"{ "messages": [{"model": "inner", "content": "{\"model\":\"x\"}"}], "meta": {"model": "nested"}, "model" : "alias", "n": 1 }"#,
+        );
+        let out = rewrite_model(&body, "real-name").unwrap();
+        let expected = br#"{ "messages": [{"model": "inner", "content": "{\"model\":\"x\"}"}], "meta": {"model": "nested"}, "model" : "real-name", "n": 1 }"#;
+        assert_eq!(&out[..], &expected[..]);
+    }
+
+    #[test]
+    fn rewrite_with_escaped_key_and_special_characters() {
+        let body = Bytes::from_static(br#"{"mod\u0065l":"a","x":[1,{"y":"]"}]}"#);
+        let out = rewrite_model(&body, "we\"ird").unwrap();
+        assert_eq!(&out[..], br#"{"mod\u0065l":"we\"ird","x":[1,{"y":"]"}]}"#);
+        assert_eq!(probe(&out).unwrap().model, "we\"ird");
+    }
+
+    #[test]
+    fn value_range_of_numbers_and_literals() {
+        let body = br#"{"a":12.5e3,"b":true,"model":null}"#;
+        assert_eq!(&body[value_range(body, "a").unwrap()], b"12.5e3");
+        assert_eq!(&body[value_range(body, "b").unwrap()], b"true");
+        assert_eq!(&body[value_range(body, "model").unwrap()], b"null");
+        assert_eq!(value_range(body, "zzz"), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! Routing a proxied request: allow-list and method, bounded body read, `model`, registry lookup
+//! (or `default_model`), the first usable target, and the model rewrite.
+
+use super::body::{self, BodyError};
+use super::errors::GatewayError;
+use super::model_field::{self, ProbeError};
+use super::RequestCtx;
+use crate::config::ProviderKind;
+use crate::endpoints::EndpointGroup;
+use crate::registry::Target;
+use crate::runtime::Runtime;
+use bytes::Bytes;
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub group: EndpointGroup,
+    pub model_id: Arc<str>,
+    pub requested_model: Box<str>,
+    pub default_model_used: bool,
+    pub target: Target,
+    pub stream: bool,
+    /// Id of the provider key used (for logs); never the key.
+    pub key_id: Option<Arc<str>>,
+}
+
+/// The routing decision.
+pub enum Routed {
+    /// To `upstream_peer` with `ctx.route` and `ctx.body` set.
+    Proxy,
+    /// To the built-in mock provider.
+    Mock,
+    Rejected(GatewayError),
+    /// A chunked body too large for Pingora's retry buffer: relay it through a subrequest.
+    NeedsSubrequest(Bytes),
+}
+
+/// Routes the request, reading its body. Sets `ctx.route` and `ctx.body` when it routes.
+pub async fn route(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+) -> pingora::Result<Routed> {
+    let Some(group) = rt.proxied_group(&ctx.path) else {
+        return Ok(Routed::Rejected(GatewayError::UnknownEndpoint));
+    };
+    if session.req_header().method != http::Method::POST {
+        return Ok(Routed::Rejected(GatewayError::MethodNotAllowed {
+            allow: "POST",
+        }));
+    }
+    let limit = rt.max_body_bytes;
+    if body::declared_length(session).is_some_and(|n| n > limit) {
+        return Ok(Routed::Rejected(GatewayError::RequestTooLarge { limit }));
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await?;
+    }
+    let read = match body::read_body(session, limit).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return Ok(Routed::Rejected(GatewayError::RequestTooLarge { limit }))
+        }
+        Err(BodyError::Read(e)) => return Err(e),
+    };
+    let probe = match model_field::probe(&read.bytes) {
+        Ok(p) => p,
+        Err(ProbeError::InvalidJson(d)) => {
+            return Ok(Routed::Rejected(GatewayError::InvalidJson(d)))
+        }
+        Err(ProbeError::MissingModel(w)) => {
+            return Ok(Routed::Rejected(GatewayError::MissingModel(w)))
+        }
+    };
+    let (idx, default_model_used) = match rt.registry.lookup(&probe.model) {
+        Some(i) => (i, false),
+        None => match rt.registry.default_model() {
+            Some(d) => (d, true),
+            None => {
+                let suggestions = rt
+                    .registry
+                    .suggestions(&probe.model)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                return Ok(Routed::Rejected(GatewayError::ModelNotFound {
+                    model: probe.model.into_owned(),
+                    suggestions,
+                }));
+            }
+        },
+    };
+    let model = rt.registry.get(idx);
+    let Some(target) = model
+        .targets
+        .iter()
+        .find(|t| rt.provider(t.provider).is_usable())
+    else {
+        return Ok(Routed::Rejected(GatewayError::NoHealthyUpstream {
+            model: model.id.to_string(),
+            retry_after: 5,
+        }));
+    };
+    let provider = rt.provider(target.provider);
+    if !read.replayable && provider.kind != ProviderKind::Mock {
+        return Ok(Routed::NeedsSubrequest(read.bytes));
+    }
+    let requested: Box<str> = probe.model.as_ref().into();
+    let stream = probe.stream;
+    ctx.body = if *requested == *target.upstream_model {
+        read.bytes
+    } else {
+        model_field::rewrite_model(&read.bytes, &target.upstream_model).unwrap_or(read.bytes)
+    };
+    ctx.route = Some(Route {
+        group,
+        model_id: model.id.clone(),
+        requested_model: requested,
+        default_model_used,
+        target: target.clone(),
+        stream,
+        key_id: provider.key.as_ref().map(|k| k.id.clone()),
+    });
+    Ok(if provider.kind == ProviderKind::Mock {
+        Routed::Mock
+    } else {
+        Routed::Proxy
+    })
+}

@@ -1,0 +1,91 @@
+//! Chunked uploads larger than Pingora's 64 KiB retry buffer (see `proxy::body`): the body is
+//! already read in full, so the request is re-run as a Pingora subrequest whose body is that
+//! buffer, declared with a Content-Length and handed over in two pieces (head, then the last
+//! 64 KiB). The subrequest goes through the same hooks as any request, where the tail technique
+//! of `proxy::body` applies; this request only relays its response.
+//!
+//! Pingora 0.9.1 calls its subrequest pipe unstable (`pingora_proxy::subrequest::pipe`); this
+//! module is the only user.
+
+use super::body::RETRY_BUFFER_LIMIT;
+use super::RequestCtx;
+use bytes::Bytes;
+use pingora::proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
+use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+
+/// What a relaying request hands to its subrequest.
+struct RelayInfo {
+    request_id: String,
+}
+
+/// Whether this request might need a subrequest: a body without a declared length.
+pub fn may_need(session: &Session) -> bool {
+    session.subrequest_ctx.is_none()
+        && session.req_header().method == http::Method::POST
+        && !session
+            .req_header()
+            .headers
+            .contains_key(http::header::CONTENT_LENGTH)
+}
+
+/// The request id of the request this subrequest relays for, so both log as one request.
+pub fn inherited_request_id(session: &Session) -> Option<String> {
+    let info = session
+        .subrequest_ctx
+        .as_ref()?
+        .user_ctx()?
+        .downcast_ref::<RelayInfo>()?;
+    Some(info.request_id.clone())
+}
+
+/// Runs the request again as a subrequest with `body`, relaying its response to the client.
+pub async fn relay(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    body: Bytes,
+) -> pingora::Result<()> {
+    {
+        let h = session.req_header_mut();
+        h.remove_header(&http::header::TRANSFER_ENCODING);
+        h.remove_header(&http::header::EXPECT);
+        h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    }
+    let sub_ctx = SubrequestCtx::builder()
+        .body_mode(BodyMode::ExpectBody)
+        .user_ctx(Box::new(RelayInfo {
+            request_id: ctx.request_id.clone(),
+        }))
+        .build();
+    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "subrequests are not enabled for this request",
+        );
+    };
+    let (prepared, handle) = spawner.create_subrequest(&session.downstream_session, sub_ctx);
+    let split = body.len().saturating_sub(RETRY_BUFFER_LIMIT as usize);
+    let pieces = if split > 0 {
+        vec![body.slice(..split), body.slice(split..)]
+    } else {
+        vec![body]
+    };
+    match pipe_subrequest(
+        session,
+        prepared,
+        handle,
+        |task| Ok(Some(task)),
+        InputBodyType::Preset(InputBody::Bytes(pieces)),
+    )
+    .await
+    {
+        Ok(state) => {
+            if let Some(j) = state.join_handle {
+                let _ = j.await;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.error),
+    }
+}

@@ -1,0 +1,163 @@
+//! The model registry: canonical ids, aliases, ordered provider targets and metadata, compiled
+//! once per configuration. Lookups are one hash probe; the JSON bodies the gateway serves about
+//! models are rendered here (see `render`).
+
+mod render;
+mod suggest;
+
+pub use render::{etag_matches, Rendered};
+
+use crate::config::{Config, PricingSpec};
+use crate::upstream::timeouts::Timeouts;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Index of a provider in `Runtime::providers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProviderId(pub usize);
+
+/// Index of a model in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModelIdx(pub usize);
+
+/// Where a model is served: a provider and the model name that provider expects.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub provider: ProviderId,
+    pub provider_name: Arc<str>,
+    pub upstream_model: Arc<str>,
+    /// The provider's timeouts with this model's overrides applied.
+    pub timeouts: Timeouts,
+}
+
+/// One model of the registry.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub id: Arc<str>,
+    pub aliases: Vec<String>,
+    pub owned_by: String,
+    pub targets: Vec<Target>,
+    pub context_window: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub pricing: Option<PricingSpec>,
+    pub capabilities: Vec<String>,
+    pub description: Option<String>,
+    pub created: u64,
+}
+
+/// The compiled registry.
+#[derive(Debug)]
+pub struct Registry {
+    models: Vec<Model>,
+    by_name: HashMap<Box<str>, ModelIdx>,
+    default_model: Option<ModelIdx>,
+    models_list: Rendered,
+    model_objects: Vec<Rendered>,
+}
+
+impl Registry {
+    /// Builds the registry. `provider_index` maps provider names (validated to exist) to ids;
+    /// `timeouts` resolves a target's timeouts from its provider and the model's overrides.
+    pub fn build(
+        config: &Config,
+        provider_index: &HashMap<&str, ProviderId>,
+        timeouts: impl Fn(ProviderId, Option<&crate::config::TimeoutsSpec>) -> Timeouts,
+    ) -> Registry {
+        let mut models = Vec::with_capacity(config.models.len());
+        let mut by_name = HashMap::new();
+        for (i, m) in config.models.iter().enumerate() {
+            let s = &m.spec;
+            let targets: Vec<Target> = s
+                .targets
+                .iter()
+                .filter_map(|t| {
+                    let pid = *provider_index.get(t.provider.as_str())?;
+                    Some(Target {
+                        provider: pid,
+                        provider_name: Arc::from(t.provider.as_str()),
+                        upstream_model: Arc::from(t.model.as_deref().unwrap_or(&s.id)),
+                        timeouts: timeouts(pid, s.timeouts.as_ref()),
+                    })
+                })
+                .collect();
+            let owned_by = s
+                .owned_by
+                .clone()
+                .or_else(|| s.targets.first().map(|t| t.provider.clone()))
+                .unwrap_or_default();
+            by_name.insert(Box::from(s.id.as_str()), ModelIdx(i));
+            for a in &s.aliases {
+                by_name.insert(Box::from(a.as_str()), ModelIdx(i));
+            }
+            models.push(Model {
+                id: Arc::from(s.id.as_str()),
+                aliases: s.aliases.clone(),
+                owned_by,
+                targets,
+                context_window: s.context_window,
+                max_output_tokens: s.max_output_tokens,
+                pricing: s.pricing.clone(),
+                capabilities: s.capabilities.clone(),
+                description: s.description.clone(),
+                created: s.created.unwrap_or(0),
+            });
+        }
+        let default_model = config
+            .default_model
+            .as_deref()
+            .and_then(|d| by_name.get(d).copied());
+        let models_list = render::models_list(&models);
+        let model_objects = models.iter().map(render::model_object).collect();
+        Registry {
+            models,
+            by_name,
+            default_model,
+            models_list,
+            model_objects,
+        }
+    }
+
+    /// Resolves an id or alias.
+    pub fn lookup(&self, name: &str) -> Option<ModelIdx> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn get(&self, idx: ModelIdx) -> &Model {
+        &self.models[idx.0]
+    }
+
+    pub fn models(&self) -> &[Model] {
+        &self.models
+    }
+
+    /// The model serving unknown names, when the operator set `default_model`.
+    pub fn default_model(&self) -> Option<ModelIdx> {
+        self.default_model
+    }
+
+    /// `GET /v1/models`.
+    pub fn models_list(&self) -> &Rendered {
+        &self.models_list
+    }
+
+    /// `GET /v1/models/{id}`.
+    pub fn model_object(&self, idx: ModelIdx) -> &Rendered {
+        &self.model_objects[idx.0]
+    }
+
+    /// `GET /api/available-models`, given which models can be served now.
+    pub fn render_available(&self, servable: &[bool]) -> Rendered {
+        render::available_models(self, servable)
+    }
+
+    /// Up to three known ids close to `name`, best first.
+    pub fn suggestions(&self, name: &str) -> Vec<&str> {
+        suggest::closest(
+            name,
+            self.by_name
+                .iter()
+                .map(|(n, idx)| (n.as_ref(), self.models[idx.0].id.as_ref())),
+            3,
+        )
+    }
+}

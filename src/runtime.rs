@@ -1,0 +1,219 @@
+//! `Runtime`: the compiled, immutable view of one configuration (registry, providers with their
+//! pools and keys, the proxied paths). The proxy holds it in an `ArcSwap`; a request takes one
+//! snapshot at its start and uses it to the end.
+
+use crate::config::{Config, ConfigError, ConfigErrors, Mode, ProviderKind};
+use crate::endpoints::{self, EndpointGroup};
+use crate::registry::{ProviderId, Registry, Rendered};
+use crate::upstream::endpoint::Endpoint;
+use crate::upstream::pool::Pool;
+use crate::upstream::provider::{Provider, DEFAULT_ANTHROPIC_VERSION};
+use crate::upstream::timeouts::Timeouts;
+use crate::upstream::tls;
+use arc_swap::ArcSwapOption;
+use http::{HeaderName, HeaderValue};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
+
+/// The compiled configuration.
+#[derive(Debug)]
+pub struct Runtime {
+    pub mode: Mode,
+    pub max_body_bytes: u64,
+    pub models_max_age_seconds: u64,
+    pub registry: Registry,
+    pub providers: Vec<Provider>,
+    extra_paths: HashMap<String, EndpointGroup>,
+    /// `/api/available-models` for the servability it was rendered with.
+    available: ArcSwapOption<(Vec<bool>, Rendered)>,
+}
+
+impl Runtime {
+    /// Compiles a validated configuration: reads key and CA files, builds pools (not yet
+    /// resolved: see `Pool::refresh`). Returns the runtime and warnings for the operator.
+    pub fn compile(config: &Config) -> Result<(Runtime, Vec<String>), ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let mut warnings = config.warnings.clone();
+        let mut providers = Vec::with_capacity(config.providers.len());
+        let mut index: HashMap<&str, ProviderId> = HashMap::new();
+
+        for (i, (name, spec)) in config.providers.iter().enumerate() {
+            let id = ProviderId(i);
+            index.insert(name.as_str(), id);
+            let path = format!("providers.{name}");
+            let name: Arc<str> = Arc::from(name.as_str());
+
+            let endpoints: Vec<Arc<Endpoint>> = spec
+                .endpoints
+                .iter()
+                .filter_map(|e| Endpoint::parse(e).ok().map(Arc::new))
+                .collect();
+
+            // The first usable key; rotation across the ring comes with the key ring.
+            let mut key = None;
+            for (k, ks) in spec.keys.iter().enumerate() {
+                let secret = match (&ks.value, &ks.file) {
+                    (Some(v), _) => Some(v.clone()),
+                    (None, Some(f)) => match std::fs::read_to_string(config.resolve_path(f)) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            errors.push(ConfigError::new(
+                                &config.file,
+                                format!("{path}.keys[{k}].file"),
+                                format!("cannot read key file: {e}"),
+                            ));
+                            None
+                        }
+                    },
+                    (None, None) => None,
+                };
+                let Some(secret) = secret else { continue };
+                match Provider::make_key(spec.kind, &ks.id, &secret) {
+                    Some(pk) if key.is_none() => key = Some(pk),
+                    Some(_) => {}
+                    None => warnings.push(format!(
+                        "{path}.keys[{k}] (id `{}`) is empty or not a valid header value; it is not used",
+                        ks.id
+                    )),
+                }
+            }
+            if !spec.keys.is_empty() && key.is_none() {
+                warnings.push(format!(
+                    "{path} has no usable key; its models fall to their next target or answer 503"
+                ));
+            }
+
+            let ca = match &spec.ca_file {
+                Some(f) => match tls::load_ca_list(&config.resolve_path(f)) {
+                    Ok(ca) => Some(ca),
+                    Err(msg) => {
+                        errors.push(ConfigError::new(
+                            &config.file,
+                            format!("{path}.ca_file"),
+                            msg,
+                        ));
+                        None
+                    }
+                },
+                None => None,
+            };
+
+            let extra_headers = spec
+                .headers
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect();
+            let anthropic_version = spec
+                .anthropic_version
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+                .unwrap_or(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+
+            let pool = (spec.kind != ProviderKind::Mock).then(|| {
+                let refresh = spec
+                    .dns_refresh_seconds
+                    .map(Duration::from_secs)
+                    .unwrap_or(DEFAULT_DNS_REFRESH);
+                Arc::new(Pool::new(name.clone(), endpoints.clone(), refresh))
+            });
+            providers.push(Provider {
+                id,
+                name,
+                kind: spec.kind,
+                endpoints,
+                key,
+                keys_configured: spec.keys.len(),
+                extra_headers,
+                anthropic_version,
+                timeouts: Timeouts::resolve(&spec.timeouts, None),
+                ca,
+                pool,
+                mock: (spec.kind == ProviderKind::Mock)
+                    .then(|| spec.mock.clone().unwrap_or_default()),
+            });
+        }
+
+        let provider_specs: Vec<_> = config.providers.values().collect();
+        let registry = Registry::build(config, &index, |pid, model_t| {
+            Timeouts::resolve(&provider_specs[pid.0].timeouts, model_t)
+        });
+
+        let extra_paths = config
+            .server
+            .extra_paths
+            .iter()
+            .map(|x| {
+                let group = x
+                    .group
+                    .clone()
+                    .unwrap_or_else(|| x.path.rsplit('/').next().unwrap_or_default().to_string());
+                (
+                    x.path.clone(),
+                    EndpointGroup::Custom(group.into_boxed_str()),
+                )
+            })
+            .collect();
+
+        let runtime = Runtime {
+            mode: config.mode,
+            max_body_bytes: config.server.max_body_bytes,
+            models_max_age_seconds: config.server.models_max_age_seconds,
+            registry,
+            providers,
+            extra_paths,
+            available: ArcSwapOption::empty(),
+        };
+        errors.into_result((runtime, warnings))
+    }
+
+    /// The endpoint group of a normalised `POST` path, if the gateway proxies it.
+    pub fn proxied_group(&self, path: &str) -> Option<EndpointGroup> {
+        endpoints::builtin_group(path)
+            .cloned()
+            .or_else(|| self.extra_paths.get(path).cloned())
+    }
+
+    pub fn provider(&self, id: ProviderId) -> &Provider {
+        &self.providers[id.0]
+    }
+
+    /// Pools of every network provider.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.providers.iter().filter_map(|p| p.pool.as_ref())
+    }
+
+    /// Per model, whether one of its targets can take a request now.
+    pub fn servable(&self) -> Vec<bool> {
+        self.registry
+            .models()
+            .iter()
+            .map(|m| {
+                m.targets
+                    .iter()
+                    .any(|t| self.provider(t.provider).is_usable())
+            })
+            .collect()
+    }
+
+    /// `/api/available-models`, re-rendered only when servability changed.
+    pub fn available_models(&self) -> Rendered {
+        let servable = self.servable();
+        if let Some(cached) = self.available.load().as_ref() {
+            if cached.0 == servable {
+                return cached.1.clone();
+            }
+        }
+        let rendered = self.registry.render_available(&servable);
+        self.available
+            .store(Some(Arc::new((servable, rendered.clone()))));
+        rendered
+    }
+}
