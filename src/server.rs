@@ -86,6 +86,7 @@ pub fn run(config: Config, listen_override: Option<&str>) -> Result<(), String> 
     ));
 
     tracing::info!(
+        target: crate::telemetry::STARTUP_TARGET,
         mode = %mode.as_str(),
         listen = %bound,
         models,

@@ -5,13 +5,17 @@ use crate::config::{LogFormat, LoggingSection, Mode};
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
+/// Target of the start-up line, logged whatever `logging.level` says: operators and scripts
+/// read the bound address from it.
+pub const STARTUP_TARGET: &str = "ultra_gateway::startup";
+
 /// Installs the global subscriber. `RUST_LOG` overrides `logging.level`. Pingora's own
 /// messages are kept at `warn` unless `RUST_LOG` asks for more: at `info` it narrates every
 /// start-up step.
 pub fn init(logging: &LoggingSection, mode: Mode) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{},pingora_core=warn,pingora_proxy=warn,pingora_load_balancing=warn",
+            "{},{STARTUP_TARGET}=info,pingora_core=warn,pingora_proxy=warn,pingora_load_balancing=warn",
             logging.level
         ))
     });

@@ -121,9 +121,15 @@ fn load_inner(
             "server" => server = de(value, file, "server", &mut errors).unwrap_or_default(),
             "logging" => logging = de(value, file, "logging", &mut errors).unwrap_or_default(),
             "providers" => providers = load_providers(value, file, &mut errors),
-            "models_file" => models_file = de(value, file, "models_file", &mut errors),
+            "models_file" => {
+                models_file =
+                    de::<Option<PathBuf>>(value, file, "models_file", &mut errors).flatten()
+            }
             "models" => models.extend(load_models(value, file, "models", &mut errors)),
-            "default_model" => default_model = de(value, file, "default_model", &mut errors),
+            "default_model" => {
+                default_model =
+                    de::<Option<String>>(value, file, "default_model", &mut errors).flatten()
+            }
             other => errors.push(ConfigError::new(
                 file,
                 other,

@@ -127,8 +127,10 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let rt = self.runtime.load_full();
-        ctx.request_id = subrequest::inherited_request_id(session)
-            .unwrap_or_else(|| headers::request_id(session.req_header()));
+        ctx.request_id = match subrequest::adopt_relay(session)? {
+            Some(id) => id,
+            None => headers::request_id(session.req_header()),
+        };
         ctx.rt = Some(rt.clone());
         let Some(path) = crate::endpoints::normalize(session.req_header().uri.path()) else {
             return reject(session, ctx, GatewayError::UnknownEndpoint).await;
@@ -300,6 +302,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let gerr = ctx.pending_error.take().or_else(|| classify(e, ctx));
+        match &gerr {
+            Some(GatewayError::Internal) => {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "request failed inside the gateway")
+            }
+            Some(g) => {
+                tracing::debug!(request_id = %ctx.request_id, error = %e, code = g.code(), "request failed")
+            }
+            None => tracing::debug!(request_id = %ctx.request_id, error = %e, "client went away"),
+        }
         let written = session
             .response_written()
             .is_some_and(|h| !h.status.is_informational());

@@ -36,6 +36,12 @@ struct RawProbe<'a> {
 /// Duplicate `model` keys are refused: a gateway and a provider that disagree about which one
 /// counts would let a caller authorise one model and use another.
 pub fn probe(body: &[u8]) -> Result<Probe<'_>, ProbeError> {
+    // serde would also read a struct from a JSON array.
+    if body.get(skip_ws(body, 0)) != Some(&b'{') {
+        return Err(ProbeError::InvalidJson(
+            "the body must be a JSON object".into(),
+        ));
+    }
     let raw: RawProbe = serde_json::from_slice(body).map_err(|e| {
         let msg = e.to_string();
         if msg.starts_with("invalid type") {

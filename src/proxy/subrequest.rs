@@ -18,6 +18,7 @@ use pingora::{Error, ErrorType};
 /// What a relaying request hands to its subrequest.
 struct RelayInfo {
     request_id: String,
+    body_len: usize,
 }
 
 /// Whether this request might need a subrequest: a body without a declared length.
@@ -30,14 +31,25 @@ pub fn may_need(session: &Session) -> bool {
             .contains_key(http::header::CONTENT_LENGTH)
 }
 
-/// The request id of the request this subrequest relays for, so both log as one request.
-pub fn inherited_request_id(session: &Session) -> Option<String> {
-    let info = session
+/// In a relayed subrequest: declares the body by its length, and returns the request id of the
+/// request this subrequest relays for, so that both log as one request. The subrequest starts
+/// from the client's raw header bytes (Pingora 0.9.1 `to_h1_raw`), so the chunked framing has to
+/// be replaced here, before its body is read, not in the relaying request.
+pub fn adopt_relay(session: &mut Session) -> pingora::Result<Option<String>> {
+    let Some(info) = session
         .subrequest_ctx
-        .as_ref()?
-        .user_ctx()?
-        .downcast_ref::<RelayInfo>()?;
-    Some(info.request_id.clone())
+        .as_ref()
+        .and_then(|c| c.user_ctx())
+        .and_then(|u| u.downcast_ref::<RelayInfo>())
+    else {
+        return Ok(None);
+    };
+    let (request_id, len) = (info.request_id.clone(), info.body_len);
+    let h = session.req_header_mut();
+    h.remove_header(&http::header::TRANSFER_ENCODING);
+    h.remove_header(&http::header::EXPECT);
+    h.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+    Ok(Some(request_id))
 }
 
 /// Runs the request again as a subrequest with `body`, relaying its response to the client.
@@ -46,16 +58,11 @@ pub async fn relay(
     ctx: &mut RequestCtx,
     body: Bytes,
 ) -> pingora::Result<()> {
-    {
-        let h = session.req_header_mut();
-        h.remove_header(&http::header::TRANSFER_ENCODING);
-        h.remove_header(&http::header::EXPECT);
-        h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    }
     let sub_ctx = SubrequestCtx::builder()
         .body_mode(BodyMode::ExpectBody)
         .user_ctx(Box::new(RelayInfo {
             request_id: ctx.request_id.clone(),
+            body_len: body.len(),
         }))
         .build();
     let Some(spawner) = session.subrequest_spawner.as_ref() else {

@@ -1,0 +1,155 @@
+//! Starts the real `ultra-gateway` binary on an ephemeral loopback port with a YAML written by
+//! the test, and collects its access log (stdout) and operational log (stderr).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// How long a debug-built gateway may take to start.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct TestGateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    access: Arc<Mutex<Vec<String>>>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Path of the binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ultra-gateway"))
+}
+
+impl TestGateway {
+    /// Starts a gateway on `config` (the main YAML).
+    pub fn start(config: &str) -> TestGateway {
+        Self::start_with(config, &[], &[])
+    }
+
+    /// Starts a gateway with extra files written next to the config and extra environment.
+    pub fn start_with(config: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> TestGateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ultra.yaml");
+        std::fs::write(&path, config).expect("write config");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write file");
+        }
+        let mut cmd = Command::new(binary());
+        cmd.args(["run", "-c"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn gateway");
+
+        let access = Arc::new(Mutex::new(Vec::new()));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let a = access.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                a.lock().unwrap().push(line);
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let l = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ultra-gateway started") {
+                    let _ = tx.send(line.clone());
+                }
+                l.lock().unwrap().push(line);
+            }
+        });
+
+        let started = match rx.recv_timeout(START_DEADLINE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "gateway did not start; stderr:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let addr = parse_listen(&started).unwrap_or_else(|| panic!("no listen= in {started}"));
+        TestGateway {
+            child,
+            addr,
+            dir,
+            access,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Access-log lines so far, parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.access
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits (polling, with a deadline) for the access-log line of `request_id`.
+    pub async fn access_entry(&self, request_id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self
+                .access_log()
+                .into_iter()
+                .find(|e| e["request_id"] == request_id)
+            {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no access-log line for {request_id}; have {:?}",
+                self.access.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything the gateway wrote to stderr and stdout so far.
+    pub fn all_output(&self) -> String {
+        let mut s = self.logs.lock().unwrap().join("\n");
+        s.push('\n');
+        s.push_str(&self.access.lock().unwrap().join("\n"));
+        s
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_listen(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("listen=").nth(1)?;
+    rest.split_whitespace()
+        .next()?
+        .trim_matches('"')
+        .parse()
+        .ok()
+}

@@ -1,0 +1,195 @@
+//! The gateway's own errors, one per row of DESIGN.md's table: status, OpenAI-shaped body with
+//! type and code, and the retry hints.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn expect_error(
+    r: reqwest::Response,
+    status: u16,
+    ty: &str,
+    code: &str,
+) -> (reqwest::header::HeaderMap, Value) {
+    assert_eq!(r.status().as_u16(), status, "expected {code}");
+    let h = r.headers().clone();
+    assert_eq!(h["content-type"], "application/json");
+    assert!(h.contains_key("x-request-id"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], ty, "{v}");
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().len() > 10);
+    assert!(v["error"].as_object().unwrap().contains_key("param"));
+    (h, v)
+}
+
+#[tokio::test]
+async fn request_errors() {
+    let up = MockUpstream::openai_like().await;
+    let gw = TestGateway::start(&openai_config(&up.url()));
+    let post = |body: &'static str| {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let (h, _) = expect_error(
+        post("{not json").await.unwrap(),
+        400,
+        "invalid_request_error",
+        "invalid_json",
+    )
+    .await;
+    assert_eq!(h["x-should-retry"], "false");
+    expect_error(
+        post("[1,2,3]").await.unwrap(),
+        400,
+        "invalid_request_error",
+        "invalid_json",
+    )
+    .await;
+    expect_error(
+        post("").await.unwrap(),
+        400,
+        "invalid_request_error",
+        "invalid_json",
+    )
+    .await;
+    expect_error(
+        post(r#"{"model":"a","model":"b"}"#).await.unwrap(),
+        400,
+        "invalid_request_error",
+        "invalid_json",
+    )
+    .await;
+    let (_, v) = expect_error(
+        post(r#"{"messages":[]}"#).await.unwrap(),
+        400,
+        "invalid_request_error",
+        "missing_model",
+    )
+    .await;
+    assert_eq!(v["error"]["param"], "model");
+    expect_error(
+        post(r#"{"model":42}"#).await.unwrap(),
+        400,
+        "invalid_request_error",
+        "missing_model",
+    )
+    .await;
+
+    let (h, v) = expect_error(
+        post(r#"{"model":"gpt-4o-mni"}"#).await.unwrap(),
+        404,
+        "invalid_request_error",
+        "model_not_found",
+    )
+    .await;
+    assert_eq!(h["x-should-retry"], "false");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("Did you mean: gpt-4o-mini, gpt-4o"), "{msg}");
+
+    let r = client()
+        .post(gw.url("/v1/files"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 404, "invalid_request_error", "unknown_endpoint").await;
+    let r = client()
+        .get(gw.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    let (h, _) = expect_error(r, 405, "invalid_request_error", "method_not_allowed").await;
+    assert_eq!(h["allow"], "POST");
+    assert!(
+        up.received().is_empty(),
+        "no bad request reached the provider"
+    );
+}
+
+#[tokio::test]
+async fn provider_401_and_403_become_502_provider_auth_failed() {
+    for status in [401u16, 403] {
+        let up = MockUpstream::start(move |_| {
+            Reply::Json(status, json!({"error": {"message": "Incorrect API key provided: sk-test-upst***", "type": "invalid_request_error"}}))
+        })
+        .await;
+        let gw = TestGateway::start(&openai_config(&up.url()));
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat_body("gpt-4o"))
+            .send()
+            .await
+            .unwrap();
+        let (h, v) = expect_error(r, 502, "upstream_error", "provider_auth_failed").await;
+        assert_eq!(h["x-should-retry"], "false");
+        assert_eq!(h["x-ultra-provider"], "up");
+        assert!(
+            !v.to_string().contains("Incorrect API key"),
+            "the provider's message is not relayed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dead_provider_is_502_bad_upstream_response() {
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = TestGateway::start(&openai_config(&format!("http://{dead}")));
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    let (h, _) = expect_error(r, 502, "upstream_error", "bad_upstream_response").await;
+    assert_eq!(h["x-ultra-provider"], "up");
+}
+
+#[tokio::test]
+async fn no_usable_provider_is_503_with_retry_after() {
+    let cfg = "logging: { level: warn }
+providers:
+  p: { kind: openai, endpoints: [http://127.0.0.1:9], keys: [{ id: k, value: '${ULTRA_TEST_UNSET:-}' }] }
+  q: { kind: openai-compatible, endpoints: [http://no-such-host.invalid] }
+models:
+  - { id: keyless, targets: [{ provider: p }] }
+  - { id: unresolvable, targets: [{ provider: q }] }
+";
+    let gw = TestGateway::start(cfg);
+    for model in ["keyless", "unresolvable"] {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat_body(model))
+            .send()
+            .await
+            .unwrap();
+        let (h, _) = expect_error(r, 503, "upstream_error", "no_healthy_upstream").await;
+        assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+    }
+}
+
+#[tokio::test]
+async fn slow_provider_is_504_upstream_timeout() {
+    let up = MockUpstream::start(|_| Reply::Hang).await;
+    let cfg = openai_config(&up.url()).replace(
+        "    keys:",
+        "    timeouts: { first_byte_ms: 300, between_chunks_ms: 300 }\n    keys:",
+    );
+    let gw = TestGateway::start(&cfg);
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 504, "upstream_error", "upstream_timeout").await;
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,15 @@
+//! Integration tests: one binary (Pingora makes every test binary slow to link), a module per
+//! capability, all against the real `ultra-gateway` binary on loopback.
+
+mod common;
+
+mod bodies;
+mod check_config;
+mod errors;
+mod headers;
+mod local_endpoints;
+mod mock_provider;
+mod paths;
+mod routing;
+mod streaming;
+mod tls_upstream;

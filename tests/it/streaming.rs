@@ -1,0 +1,158 @@
+//! SSE passes through unbuffered, at the upstream's pace, and a client that leaves cancels the
+//! upstream request.
+
+use crate::common::*;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+
+fn stream_body() -> serde_json::Value {
+    serde_json::json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test]
+async fn lockstep_stream_flows_chunk_by_chunk() {
+    // The upstream sends chunk n+1 only after the client has read chunk n: a proxy that
+    // buffers anything deadlocks here and the test times out.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let rx = std::sync::Mutex::new(Some(rx));
+    let up = MockUpstream::start(move |_| {
+        Reply::Stream(rx.lock().unwrap().take().expect("one request"))
+    })
+    .await;
+    let gw = TestGateway::start(&openai_config(&up.url()));
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    for n in 0..5 {
+        let event = format!("data: {{\"n\":{n}}}\n\n");
+        tx.send(Bytes::from(event.clone())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !seen.contains(&event) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, body.next())
+                .await
+                .unwrap_or_else(|_| panic!("chunk {n} never reached the client: the proxy buffers"))
+                .expect("stream open")
+                .unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+    drop(tx);
+    while let Some(c) = body.next().await {
+        seen.push_str(std::str::from_utf8(&c.unwrap()).unwrap());
+    }
+    let expected: String = (0..5).map(|n| format!("data: {{\"n\":{n}}}\n\n")).collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn chunks_sent_200ms_apart_arrive_apart() {
+    let events: Vec<String> = (0..5).map(|n| format!("{{\"n\":{n}}}")).collect();
+    let up = MockUpstream::start(move |_| Reply::Sse {
+        events: events.clone(),
+        interval: Duration::from_millis(200),
+    })
+    .await;
+    let gw = TestGateway::start(&openai_config(&up.url()));
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_body())
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut arrivals = Vec::new();
+    let mut buf = String::new();
+    while let Some(c) = body.next().await {
+        buf.push_str(std::str::from_utf8(&c.unwrap()).unwrap());
+        while let Some(i) = buf.find("\n\n") {
+            buf.drain(..i + 2);
+            arrivals.push(Instant::now());
+        }
+    }
+    assert_eq!(arrivals.len(), 6, "5 events and [DONE]");
+    // A buffering proxy would deliver them together; each must arrive well after the last.
+    for w in arrivals.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(100),
+            "events arrived {gap:?} apart"
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream() {
+    let up = MockUpstream::start(|_| Reply::Endless {
+        interval: Duration::from_millis(50),
+    })
+    .await;
+    let gw = TestGateway::start(&openai_config(&up.url()));
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_body())
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    assert_eq!(up.streams_dropped(), 0);
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.streams_dropped() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream stream was never cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn mock_stream_ends_with_usage_and_done() {
+    let gw = TestGateway::start(
+        "logging: { level: warn }
+providers: { m: { kind: mock, mock: { chunk_interval_ms: 1 } } }
+models: [{ id: gpt-4o, targets: [{ provider: m }] }]
+",
+    );
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(*events.last().unwrap(), "data: [DONE]");
+    let usage: serde_json::Value =
+        serde_json::from_str(events[events.len() - 2].trim_start_matches("data: ")).unwrap();
+    assert_eq!(usage["choices"], serde_json::json!([]));
+    assert!(usage["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let content: String = events[..events.len() - 2]
+        .iter()
+        .filter_map(|e| {
+            serde_json::from_str::<serde_json::Value>(e.trim_start_matches("data: ")).ok()
+        })
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(content.ends_with("You said: hi"), "{content}");
+}

@@ -1,0 +1,99 @@
+//! `https://` upstreams: certificates checked against the system roots plus the provider's
+//! `ca_file`, SNI and Host from the URL.
+
+use crate::common::*;
+
+#[tokio::test]
+async fn https_upstream_with_private_ca() {
+    let pki = tls::pki();
+    let up = MockUpstream::start_tls(
+        |r| {
+            Reply::Json(
+                200,
+                upstream::chat_completion("m", r.header("host").unwrap_or("none")),
+            )
+        },
+        pki.server_config.clone(),
+    )
+    .await;
+    let url = format!("https://localhost:{}", up.addr.port());
+    let cfg = config_for("openai", &url, "").replace("    keys:", "    ca_file: ca.pem\n    keys:");
+    let gw = TestGateway::start_with(&cfg, &[("ca.pem", &pki.ca_pem)], &[]);
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gw.all_output());
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        format!("localhost:{}", up.addr.port())
+    );
+    assert_eq!(
+        up.single().header("authorization"),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn unknown_ca_is_refused() {
+    let pki = tls::pki();
+    let up = MockUpstream::start_tls(
+        |_| Reply::Json(200, serde_json::json!({})),
+        pki.server_config.clone(),
+    )
+    .await;
+    let url = format!("https://localhost:{}", up.addr.port());
+    let gw = TestGateway::start(&config_for("openai", &url, ""));
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "bad_upstream_response");
+    assert!(
+        up.received().is_empty(),
+        "no request went to an unverified server"
+    );
+}
+
+#[tokio::test]
+async fn ip_endpoint_verifies_the_ip_in_the_certificate() {
+    let pki = tls::pki();
+    let up = MockUpstream::start_tls(
+        |_| Reply::Json(200, serde_json::json!({"ok": 1})),
+        pki.server_config.clone(),
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}", up.addr.port());
+    let cfg = config_for("openai", &url, "").replace("    keys:", "    ca_file: ca.pem\n    keys:");
+    let gw = TestGateway::start_with(&cfg, &[("ca.pem", &pki.ca_pem)], &[]);
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gw.all_output());
+
+    // A wrong SNI for that certificate fails verification.
+    let cfg = config_for(
+        "openai",
+        &format!("{{ url: '{url}', sni: wrong.example }}"),
+        "",
+    )
+    .replace("    keys:", "    ca_file: ca.pem\n    keys:");
+    let gw = TestGateway::start_with(&cfg, &[("ca.pem", &pki.ca_pem)], &[]);
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+}
