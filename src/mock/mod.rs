@@ -30,10 +30,13 @@ pub struct MockCall<'a> {
     pub request_id: &'a str,
 }
 
-/// What the mock sent.
-pub struct MockOutcome {
-    pub status: u16,
-    pub bytes_out: usize,
+/// What the mock has sent so far (kept up to date while streaming, so a client that leaves
+/// mid-stream is still accounted for).
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Status of the response header, once written.
+    pub status: Option<u16>,
+    pub bytes: usize,
 }
 
 /// Answers `call` on `session`. `decorate` adds the gateway's response headers.
@@ -41,7 +44,8 @@ pub async fn serve(
     session: &mut Session,
     call: MockCall<'_>,
     decorate: &Decorate<'_>,
-) -> pingora::Result<MockOutcome> {
+    sent: &mut Sent,
+) -> pingora::Result<()> {
     if call.settings.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(call.settings.latency_ms)).await;
     }
@@ -54,7 +58,7 @@ pub async fn serve(
             None,
             "mock_failure",
         );
-        return send_json(session, 500, body, decorate).await;
+        return send_json(session, 500, body, decorate, sent).await;
     }
     let input: MockInput = serde_json::from_slice(call.body).unwrap_or_default();
     let created = SystemTime::now()
@@ -68,10 +72,10 @@ pub async fn serve(
             let id = format!("chatcmpl-mock-{id_suffix}");
             if call.stream {
                 let chunks = responses::chat_chunks(&id, created, call.model, &reply, chars);
-                send_sse(session, chunks, call.settings, decorate).await
+                send_sse(session, chunks, call.settings, decorate, sent).await
             } else {
                 let v = responses::chat_completion(&id, created, call.model, &reply, chars);
-                send_json(session, 200, v, decorate).await
+                send_json(session, 200, v, decorate, sent).await
             }
         }
         EndpointGroup::Completions => {
@@ -79,15 +83,15 @@ pub async fn serve(
             let id = format!("cmpl-mock-{id_suffix}");
             if call.stream {
                 let chunks = responses::completion_chunks(&id, created, call.model, &reply, chars);
-                send_sse(session, chunks, call.settings, decorate).await
+                send_sse(session, chunks, call.settings, decorate, sent).await
             } else {
                 let v = responses::text_completion(&id, created, call.model, &reply, chars);
-                send_json(session, 200, v, decorate).await
+                send_json(session, 200, v, decorate, sent).await
             }
         }
         EndpointGroup::Embeddings => {
             match responses::embeddings(call.model, &input, call.settings.embedding_dimensions) {
-                Ok(v) => send_json(session, 200, v, decorate).await,
+                Ok(v) => send_json(session, 200, v, decorate, sent).await,
                 Err(msg) => {
                     let body = error_body(
                         &msg,
@@ -95,14 +99,14 @@ pub async fn serve(
                         Some("input"),
                         "invalid_input",
                     );
-                    send_json(session, 400, body, decorate).await
+                    send_json(session, 400, body, decorate, sent).await
                 }
             }
         }
         other => {
             let msg = format!("The mock provider does not implement the `{other}` endpoint.");
             let body = error_body(&msg, "invalid_request_error", None, "unknown_endpoint");
-            send_json(session, 404, body, decorate).await
+            send_json(session, 404, body, decorate, sent).await
         }
     }
 }
@@ -116,7 +120,8 @@ async fn send_json(
     status: u16,
     value: Value,
     decorate: &Decorate<'_>,
-) -> pingora::Result<MockOutcome> {
+    sent: &mut Sent,
+) -> pingora::Result<()> {
     let body = Bytes::from(serde_json::to_vec(&value).expect("JSON value serializes"));
     let mut h = ResponseHeader::build(status, Some(4))?;
     h.insert_header("content-type", "application/json")?;
@@ -124,11 +129,10 @@ async fn send_json(
     decorate(&mut h);
     let len = body.len();
     session.write_response_header(Box::new(h), false).await?;
+    sent.status = Some(status);
     session.write_response_body(Some(body), true).await?;
-    Ok(MockOutcome {
-        status,
-        bytes_out: len,
-    })
+    sent.bytes += len;
+    Ok(())
 }
 
 async fn send_sse(
@@ -136,13 +140,14 @@ async fn send_sse(
     chunks: Vec<Value>,
     settings: &MockSpec,
     decorate: &Decorate<'_>,
-) -> pingora::Result<MockOutcome> {
+    sent: &mut Sent,
+) -> pingora::Result<()> {
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("content-type", "text/event-stream; charset=utf-8")?;
     h.insert_header("cache-control", "no-cache")?;
     decorate(&mut h);
     session.write_response_header(Box::new(h), false).await?;
-    let mut sent = 0;
+    sent.status = Some(200);
     let interval = Duration::from_millis(settings.chunk_interval_ms);
     for (i, c) in chunks.iter().enumerate() {
         if i > 0 && !interval.is_zero() {
@@ -152,16 +157,15 @@ async fn send_sse(
         line.extend_from_slice(b"data: ");
         serde_json::to_writer(&mut line, c).expect("JSON value serializes");
         line.extend_from_slice(b"\n\n");
-        sent += line.len();
+        let len = line.len();
         session
             .write_response_body(Some(Bytes::from(line)), false)
             .await?;
+        sent.bytes += len;
     }
     let done = Bytes::from_static(b"data: [DONE]\n\n");
-    sent += done.len();
+    let len = done.len();
     session.write_response_body(Some(done), true).await?;
-    Ok(MockOutcome {
-        status: 200,
-        bytes_out: sent,
-    })
+    sent.bytes += len;
+    Ok(())
 }

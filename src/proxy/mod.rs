@@ -39,6 +39,9 @@ use pingora::{Error, ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Access-log `error` of a request whose client went away before the response was complete.
+const CLIENT_CLOSED: &str = "client_closed";
+
 /// Response header naming the model that served a request for an unknown model name.
 pub const DEFAULT_MODEL_HEADER: &str = "x-ultra-default-model";
 
@@ -335,7 +338,10 @@ impl ProxyHttp for Gateway {
                 ctx.error_code = Some(gerr.code());
                 gerr.status()
             }
-            None => 0,
+            None => {
+                ctx.error_code = Some(CLIENT_CLOSED);
+                0
+            }
         };
         FailToProxy {
             error_code: code,
@@ -414,10 +420,11 @@ async fn serve_mock(session: &mut Session, ctx: &mut RequestCtx, rt: &Runtime) -
         request_id: &ctx.request_id,
     };
     let decorate = |h: &mut ResponseHeader| ctx.decorate(h);
-    let outcome = mock::serve(session, call, &decorate).await?;
-    ctx.local_status = Some(outcome.status);
-    ctx.bytes_out = outcome.bytes_out;
-    Ok(true)
+    let mut sent = mock::Sent::default();
+    let result = mock::serve(session, call, &decorate, &mut sent).await;
+    ctx.local_status = sent.status;
+    ctx.bytes_out = sent.bytes;
+    result.map(|_| true)
 }
 
 /// Maps a Pingora error to the gateway error the client sees; `None` when the client is gone.
@@ -429,11 +436,21 @@ fn classify(e: &Error, ctx: &RequestCtx) -> Option<GatewayError> {
     };
     match (e.esource(), e.etype()) {
         (ErrorSource::Downstream, _) => None,
-        (_, ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
-            Some(GatewayError::UpstreamTimeout {
-                provider: provider(),
-            })
-        }
+        // A write to or read from the client that failed outside the proxy phase (e.g. while
+        // the mock streams): the client went away.
+        (
+            ErrorSource::Unset | ErrorSource::Internal,
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+        ) => None,
+        (
+            _,
+            ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout,
+        ) => Some(GatewayError::UpstreamTimeout {
+            provider: provider(),
+        }),
         (
             _,
             ErrorType::ConnectRefused

@@ -102,6 +102,7 @@ async fn client_disconnect_cancels_the_upstream() {
         .send()
         .await
         .unwrap();
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let mut body = resp.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
@@ -115,6 +116,38 @@ async fn client_disconnect_cancels_the_upstream() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let entry = gw.access_entry(&rid).await;
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["error"], "client_closed");
+    assert!(entry["bytes_out"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn client_leaving_a_mock_stream_is_logged_as_closed() {
+    let gw = TestGateway::start(
+        "logging: { level: warn }
+providers: { m: { kind: mock, mock: { chunk_interval_ms: 200 } } }
+models: [{ id: gpt-4o, targets: [{ provider: m }] }]
+",
+    );
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_body())
+        .send()
+        .await
+        .unwrap();
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let mut body = resp.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    let entry = gw.access_entry(&rid).await;
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["error"], "client_closed");
+    assert!(entry["bytes_out"].as_u64().unwrap() > 0);
+    assert!(
+        !gw.all_output().contains("ERROR"),
+        "a client leaving is not a gateway error"
+    );
 }
 
 #[tokio::test]
