@@ -462,15 +462,12 @@ fn classify(e: &Error, ctx: &RequestCtx) -> Option<GatewayError> {
             provider: provider(),
             detail: "could not connect",
         }),
-        (
-            _,
-            ErrorType::TLSHandshakeFailure
-            | ErrorType::TLSHandshakeTimedout
-            | ErrorType::InvalidCert,
-        ) => Some(GatewayError::BadUpstream {
-            provider: provider(),
-            detail: "TLS handshake failed",
-        }),
+        (_, ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert) => {
+            Some(GatewayError::BadUpstream {
+                provider: provider(),
+                detail: "TLS handshake failed",
+            })
+        }
         (ErrorSource::Upstream, _) => Some(GatewayError::BadUpstream {
             provider: provider(),
             detail: "the connection failed or the response was malformed",
