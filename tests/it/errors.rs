@@ -119,12 +119,7 @@ async fn provider_401_and_403_become_502_provider_auth_failed() {
         })
         .await;
         let gw = TestGateway::start(&openai_config(&up.url()));
-        let r = client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body("gpt-4o"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat("gpt-4o").await;
         let (h, v) = expect_error(r, 502, "upstream_error", "provider_auth_failed").await;
         assert_eq!(h["x-should-retry"], "false");
         assert_eq!(h["x-ultra-provider"], "up");
@@ -143,12 +138,7 @@ async fn dead_provider_is_502_bad_upstream_response() {
         .local_addr()
         .unwrap();
     let gw = TestGateway::start(&openai_config(&format!("http://{dead}")));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     let (h, _) = expect_error(r, 502, "upstream_error", "bad_upstream_response").await;
     assert_eq!(h["x-ultra-provider"], "up");
 }
@@ -165,12 +155,7 @@ models:
 ";
     let gw = TestGateway::start(cfg);
     for model in ["keyless", "unresolvable"] {
-        let r = client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body(model))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(model).await;
         let (h, _) = expect_error(r, 503, "upstream_error", "no_healthy_upstream").await;
         assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 0);
     }
@@ -184,12 +169,7 @@ async fn slow_provider_is_504_upstream_timeout() {
         "    timeouts: { first_byte_ms: 300, between_chunks_ms: 300 }\n    keys:",
     );
     let gw = TestGateway::start(&cfg);
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     expect_error(r, 504, "upstream_error", "upstream_timeout").await;
     let _ = Duration::ZERO;
 }

@@ -145,12 +145,7 @@ async fn anthropic_version_from_client_or_config() {
         "    anthropic_version: '2024-01-01'\n    headers: { HTTP-Referer: https://ultra.example }\n    keys:",
     );
     let gw = TestGateway::start(&cfg);
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    gw.chat("gpt-4o").await;
     client()
         .post(gw.url("/v1/chat/completions"))
         .header("anthropic-version", "2023-01-01")
@@ -180,12 +175,7 @@ async fn provider_response_headers_are_scrubbed() {
     })
     .await;
     let gw = TestGateway::start(&openai_config(&up.url()));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 200);
     let h = r.headers();
     assert!(h.get("set-cookie").is_none());
@@ -201,12 +191,7 @@ async fn provider_response_headers_are_scrubbed() {
 async fn upstream_key_never_reaches_a_client_or_a_log() {
     let up = MockUpstream::openai_like().await;
     let gw = TestGateway::start(&openai_config(&up.url()));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     let headers = format!("{:?}", r.headers());
     let body = r.text().await.unwrap();
     assert!(!headers.contains(UPSTREAM_KEY) && !body.contains(UPSTREAM_KEY));

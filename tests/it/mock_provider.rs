@@ -18,12 +18,7 @@ models:
 #[tokio::test]
 async fn chat_and_completions() {
     let gw = TestGateway::start(&mock_config("{}"));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("chat-model"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("chat-model").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-ultra-provider"], "m");
     let v: Value = r.json().await.unwrap();
@@ -35,12 +30,12 @@ async fn chat_and_completions() {
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
     assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
 
-    let r = client()
-        .post(gw.url("/v1/completions"))
-        .json(&json!({"model": "chat-model", "prompt": "Once upon"}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post_json(
+            "/v1/completions",
+            &json!({"model": "chat-model", "prompt": "Once upon"}),
+        )
+        .await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "text_completion");
     assert!(v["choices"][0]["text"]
@@ -91,12 +86,12 @@ async fn embeddings_are_deterministic_in_float_and_base64() {
         assert!((x - y).abs() < 1e-6);
     }
 
-    let r = client()
-        .post(gw.url("/v1/embeddings"))
-        .json(&json!({"model": "embed-model", "input": 7}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post_json(
+            "/v1/embeddings",
+            &json!({"model": "embed-model", "input": 7}),
+        )
+        .await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "input");
 }
@@ -104,12 +99,7 @@ async fn embeddings_are_deterministic_in_float_and_base64() {
 #[tokio::test]
 async fn failure_rate_and_latency() {
     let gw = TestGateway::start(&mock_config("{ failure_rate: 1.0 }"));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("chat-model"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("chat-model").await;
     assert_eq!(r.status(), 500);
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"]["code"],
@@ -118,12 +108,7 @@ async fn failure_rate_and_latency() {
 
     let gw = TestGateway::start(&mock_config("{ latency_ms: 300 }"));
     let started = std::time::Instant::now();
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("chat-model"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("chat-model").await;
     assert_eq!(r.status(), 200);
     assert!(started.elapsed() >= std::time::Duration::from_millis(300));
 }
@@ -131,12 +116,12 @@ async fn failure_rate_and_latency() {
 #[tokio::test]
 async fn unimplemented_endpoint_is_a_clear_404() {
     let gw = TestGateway::start(&mock_config("{}"));
-    let r = client()
-        .post(gw.url("/v1/responses"))
-        .json(&json!({"model": "chat-model", "input": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post_json(
+            "/v1/responses",
+            &json!({"model": "chat-model", "input": "x"}),
+        )
+        .await;
     assert_eq!(r.status(), 404);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unknown_endpoint");

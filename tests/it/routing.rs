@@ -8,12 +8,7 @@ use serde_json::{json, Value};
 async fn chat_goes_to_the_target_with_the_model_renamed() {
     let up = MockUpstream::openai_like().await;
     let gw = TestGateway::start(&openai_config(&up.url()));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o-mini").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-ultra-provider"], "up");
     assert_eq!(r.headers()["x-upstream-request-id"], "upstream-req-1");
@@ -48,12 +43,7 @@ async fn chat_goes_to_the_target_with_the_model_renamed() {
 async fn alias_routes_and_is_rewritten_and_same_name_is_untouched() {
     let up = MockUpstream::openai_like().await;
     let gw = TestGateway::start(&openai_config(&up.url()));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("mini"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("mini").await;
     assert_eq!(r.status(), 200);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(up.received()[0].json()["model"], "gpt-4o-mini-2024-07-18");
@@ -89,20 +79,15 @@ async fn every_builtin_path_is_proxied_and_query_is_kept() {
         "/v1/moderations",
     ];
     for p in paths {
-        let r = client()
-            .post(gw.url(p))
-            .json(&chat_body("gpt-4o"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.post_json(p, &chat_body("gpt-4o")).await;
         assert_eq!(r.status(), 200, "{p}");
     }
-    let r = client()
-        .post(gw.url("/v1/chat/completions?api-version=2024-10-21"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post_json(
+            "/v1/chat/completions?api-version=2024-10-21",
+            &chat_body("gpt-4o"),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let got: Vec<String> = up.received().into_iter().map(|r| r.path).collect();
     let mut expected: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
@@ -118,12 +103,7 @@ async fn endpoint_path_replaces_the_leading_v1() {
         &format!("{}/openai/v1", up.url()),
         "",
     ));
-    let r = client()
-        .post(gw.url("/v1/embeddings"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post_json("/v1/embeddings", &chat_body("gpt-4o")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(up.single().path, "/openai/v1/embeddings");
 }
@@ -136,20 +116,10 @@ async fn extra_paths_are_proxied() {
         "server: { grace_period_seconds: 1, extra_paths: [{ path: /v1/rerank, group: rerank }] }",
     );
     let gw = TestGateway::start(&cfg);
-    let r = client()
-        .post(gw.url("/v1/rerank"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post_json("/v1/rerank", &chat_body("gpt-4o")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(up.single().path, "/v1/rerank");
-    let r = client()
-        .post(gw.url("/v1/files"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post_json("/v1/files", &chat_body("gpt-4o")).await;
     assert_eq!(r.status(), 404);
 }
 
@@ -157,23 +127,13 @@ async fn extra_paths_are_proxied() {
 async fn default_model_serves_unknown_names_and_says_so() {
     let up = MockUpstream::openai_like().await;
     let gw = TestGateway::start(&config_for("openai", &up.url(), "default_model: mini\n"));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-5-ultra"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-5-ultra").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-ultra-default-model"], "gpt-4o-mini");
     assert_eq!(up.single().json()["model"], "gpt-4o-mini-2024-07-18");
 
     // A known model is not substituted.
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     assert!(r.headers().get("x-ultra-default-model").is_none());
 }
 
@@ -212,12 +172,7 @@ async fn upstream_client_errors_pass_through() {
     let e2 = err.clone();
     let up = MockUpstream::start(move |_| Reply::Json(400, e2.clone())).await;
     let gw = TestGateway::start(&openai_config(&up.url()));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["x-ultra-provider"], "up");
     assert_eq!(r.json::<Value>().await.unwrap(), err);
@@ -230,11 +185,6 @@ async fn upstream_client_errors_pass_through() {
     })
     .await;
     let gw = TestGateway::start(&openai_config(&up.url()));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 429);
 }

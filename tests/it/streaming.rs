@@ -21,12 +21,7 @@ async fn lockstep_stream_flows_chunk_by_chunk() {
     })
     .await;
     let gw = TestGateway::start(&openai_config(&up.url()));
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_body())
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.post_json("/v1/chat/completions", &stream_body()).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut body = resp.bytes_stream();
@@ -62,12 +57,7 @@ async fn chunks_sent_200ms_apart_arrive_apart() {
     })
     .await;
     let gw = TestGateway::start(&openai_config(&up.url()));
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_body())
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.post_json("/v1/chat/completions", &stream_body()).await;
     let mut body = resp.bytes_stream();
     let mut arrivals = Vec::new();
     let mut buf = String::new();
@@ -96,12 +86,7 @@ async fn client_disconnect_cancels_the_upstream() {
     })
     .await;
     let gw = TestGateway::start(&openai_config(&up.url()));
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_body())
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.post_json("/v1/chat/completions", &stream_body()).await;
     let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let mut body = resp.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
@@ -130,12 +115,7 @@ providers: { m: { kind: mock, mock: { chunk_interval_ms: 200 } } }
 models: [{ id: gpt-4o, targets: [{ provider: m }] }]
 ",
     );
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_body())
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.post_json("/v1/chat/completions", &stream_body()).await;
     let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let mut body = resp.bytes_stream();
     body.next().await.unwrap().unwrap();
@@ -158,12 +138,7 @@ providers: { m: { kind: mock, mock: { chunk_interval_ms: 1 } } }
 models: [{ id: gpt-4o, targets: [{ provider: m }] }]
 ",
     );
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_body())
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.post_json("/v1/chat/completions", &stream_body()).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()

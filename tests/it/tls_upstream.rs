@@ -19,12 +19,7 @@ async fn https_upstream_with_private_ca() {
     let url = format!("https://localhost:{}", up.addr.port());
     let cfg = config_for("openai", &url, "").replace("    keys:", "    ca_file: ca.pem\n    keys:");
     let gw = TestGateway::start_with(&cfg, &[("ca.pem", &pki.ca_pem)], &[]);
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 200, "{}", gw.all_output());
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(
@@ -47,12 +42,7 @@ async fn unknown_ca_is_refused() {
     .await;
     let url = format!("https://localhost:{}", up.addr.port());
     let gw = TestGateway::start(&config_for("openai", &url, ""));
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "bad_upstream_response");
@@ -73,12 +63,7 @@ async fn ip_endpoint_verifies_the_ip_in_the_certificate() {
     let url = format!("https://127.0.0.1:{}", up.addr.port());
     let cfg = config_for("openai", &url, "").replace("    keys:", "    ca_file: ca.pem\n    keys:");
     let gw = TestGateway::start_with(&cfg, &[("ca.pem", &pki.ca_pem)], &[]);
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 200, "{}", gw.all_output());
 
     // A wrong SNI for that certificate fails verification.
@@ -89,11 +74,6 @@ async fn ip_endpoint_verifies_the_ip_in_the_certificate() {
     )
     .replace("    keys:", "    ca_file: ca.pem\n    keys:");
     let gw = TestGateway::start_with(&cfg, &[("ca.pem", &pki.ca_pem)], &[]);
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 502);
 }

@@ -153,3 +153,21 @@ fn parse_listen(line: &str) -> Option<SocketAddr> {
         .parse()
         .ok()
 }
+
+impl TestGateway {
+    /// POSTs a small chat request for `model`.
+    pub async fn chat(&self, model: &str) -> reqwest::Response {
+        self.post_json("/v1/chat/completions", &super::chat_body(model))
+            .await
+    }
+
+    /// POSTs `body` as JSON to `path`.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        super::client()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request to the gateway")
+    }
+}
