@@ -12,5 +12,6 @@ pub mod proxy;
 pub mod registry;
 pub mod runtime;
 pub mod server;
+pub mod signals;
 pub mod telemetry;
 pub mod upstream;

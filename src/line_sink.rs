@@ -66,7 +66,11 @@ impl LineSink {
         };
         line.push(b'\n');
         if let Err(TrySendError::Full(_)) = tx.try_send(line) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // Say so, without flooding the log that is itself backed up.
+            if n == 1 || n.is_multiple_of(10_000) {
+                tracing::error!(dropped = n, "log queue full: lines dropped");
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use ultra_gateway::{config, embedded, runtime::Runtime, server};
+use ultra_gateway::{config, embedded, runtime::Runtime, server, signals};
 
 const DEFAULT_CONFIG: &str = "conf/ultra.yaml";
 
@@ -68,6 +68,10 @@ fn load(path: Option<&Path>) -> Result<config::Config, config::ConfigErrors> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    if let Err(e) = signals::install() {
+        eprintln!("ultra-gateway: cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
     let config = match load(args.config.as_deref()) {
         Ok(c) => c,
         Err(errors) => {
@@ -94,12 +98,14 @@ fn check_config(path: &Path) -> ExitCode {
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
+            let plural =
+                |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
             println!(
-                "{}: OK ({} mode, {} models, {} providers)",
+                "{}: OK ({} mode, {}, {})",
                 path.display(),
                 c.mode.as_str(),
-                rt.registry.models().len(),
-                rt.providers.len()
+                plural(rt.registry.models().len(), "model"),
+                plural(rt.providers.len(), "provider")
             );
             ExitCode::SUCCESS
         }

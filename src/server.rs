@@ -54,8 +54,15 @@ pub fn run(config: Config, listen_override: Option<&str>) -> Result<(), String> 
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
 
-    let access_log = LineSink::open(&config.logging.access_log, "ultra-access-log")
-        .map_err(|e| format!("cannot open access log {}: {e}", config.logging.access_log))?;
+    let access_dest = match config.logging.access_log.as_str() {
+        d @ ("stdout" | "stderr" | "off") => d.to_string(),
+        path => config
+            .resolve_path(std::path::Path::new(path))
+            .display()
+            .to_string(),
+    };
+    let access_log = LineSink::open(&access_dest, "ultra-access-log")
+        .map_err(|e| format!("cannot open access log {access_dest}: {e}"))?;
 
     let conf = ServerConf {
         threads: config.server.threads,

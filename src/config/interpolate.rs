@@ -1,6 +1,7 @@
 //! `${VAR}` and `${VAR:-default}` substitution in string values, applied after YAML parsing so
 //! that a value containing a newline or a colon can never inject configuration keys.
 //!
+//! As in the shell, `${VAR:-default}` takes the default when VAR is unset or empty.
 //! `$$` is a literal `$`. A `$` not followed by `{` or `$` is kept as is. Map keys are never
 //! interpolated.
 
@@ -75,7 +76,9 @@ pub fn interpolate_str(
                     "`${{{name}}}` is not a valid variable reference (letters, digits and `_`, not starting with a digit)"
                 ));
             }
+            // As in the shell, `:-` applies to an unset *or empty* variable.
             match (lookup(name), default) {
+                (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => {
@@ -120,7 +123,8 @@ mod tests {
         assert_eq!(interpolate_str("a-${KEY}-b", &lookup).unwrap(), "a-sk-1-b");
         assert_eq!(interpolate_str("${NOPE:-x}", &lookup).unwrap(), "x");
         assert_eq!(interpolate_str("${NOPE:-}", &lookup).unwrap(), "");
-        assert_eq!(interpolate_str("${EMPTY:-d}", &lookup).unwrap(), "");
+        assert_eq!(interpolate_str("${EMPTY:-d}", &lookup).unwrap(), "d");
+        assert_eq!(interpolate_str("${EMPTY}", &lookup).unwrap(), "");
     }
 
     #[test]

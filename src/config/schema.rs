@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-/// `development` (the default: mock providers allowed, human-readable logs) or `production`.
+/// `development` (the default) or `production`. Today the mode picks the log format (text or JSON
+/// lines); production's refusal of unsafe settings arrives with authentication.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -67,7 +68,8 @@ impl Default for ServerSection {
 pub struct ExtraPath {
     /// The client path, starting with `/v1/`.
     pub path: String,
-    /// The endpoint group roles refer to. Default: the path's last segment.
+    /// Endpoint group name for role-based access control (not enforced yet). Default: the
+    /// path's last segment.
     #[serde(default)]
     pub group: Option<String>,
 }
@@ -167,7 +169,8 @@ pub struct EndpointSpec {
     pub url: String,
     /// Relative weight for weighted balancing. Default 1.
     pub weight: usize,
-    /// TLS server name to send and verify; default: the URL's host. Required for `https://` by IP.
+    /// TLS server name to send and verify; default: the URL's host. For an `https://` endpoint
+    /// given by IP, the default is the IP, checked against the certificate's IP addresses.
     pub sni: Option<String>,
 }
 
@@ -217,7 +220,7 @@ impl<'de> Deserialize<'de> for EndpointSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
-    /// Stable name used in logs and metrics; the key itself is never logged.
+    /// Stable name used in logs; the key itself is never logged.
     pub id: String,
     #[serde(default)]
     pub value: Option<String>,
@@ -276,7 +279,8 @@ pub struct ModelSpec {
     /// `owned_by` in `/v1/models`. Default: the first target's provider name.
     #[serde(default)]
     pub owned_by: Option<String>,
-    /// Providers serving this model, tried in order.
+    /// Providers serving this model, in order of preference: a request goes to the first one
+    /// that can take requests now (a resolved backend and, when it has keys, a usable key).
     #[serde(default)]
     pub targets: Vec<TargetSpec>,
     /// Context window in tokens, for `/api/available-models`.

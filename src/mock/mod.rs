@@ -67,26 +67,66 @@ pub async fn serve(
         .unwrap_or(0);
     let id_suffix = &call.request_id[..call.request_id.len().min(24)];
     match call.group {
-        EndpointGroup::Chat => {
-            let (reply, chars) = responses::chat_reply(&input);
-            let id = format!("chatcmpl-mock-{id_suffix}");
-            if call.stream {
-                let chunks = responses::chat_chunks(&id, created, call.model, &reply, chars);
-                send_sse(session, chunks, call.settings, decorate, sent).await
+        EndpointGroup::Chat | EndpointGroup::Completions => {
+            let chat = *call.group == EndpointGroup::Chat;
+            let (text, prompt_chars) = if chat {
+                responses::chat_reply(&input)
             } else {
-                let v = responses::chat_completion(&id, created, call.model, &reply, chars);
-                send_json(session, 200, v, decorate, sent).await
-            }
-        }
-        EndpointGroup::Completions => {
-            let (reply, chars) = responses::completion_reply(&input);
-            let id = format!("cmpl-mock-{id_suffix}");
-            if call.stream {
-                let chunks = responses::completion_chunks(&id, created, call.model, &reply, chars);
-                send_sse(session, chunks, call.settings, decorate, sent).await
-            } else {
-                let v = responses::text_completion(&id, created, call.model, &reply, chars);
-                send_json(session, 200, v, decorate, sent).await
+                responses::completion_reply(&input)
+            };
+            let id = format!(
+                "{}-mock-{id_suffix}",
+                if chat { "chatcmpl" } else { "cmpl" }
+            );
+            let answer = responses::Answer {
+                id: &id,
+                created,
+                model: call.model,
+                text: &text,
+                prompt_chars,
+            };
+            let usage = input.include_usage();
+            match (chat, call.stream) {
+                (true, true) => {
+                    send_sse(
+                        session,
+                        responses::chat_chunks(&answer, usage),
+                        call.settings,
+                        decorate,
+                        sent,
+                    )
+                    .await
+                }
+                (false, true) => {
+                    send_sse(
+                        session,
+                        responses::completion_chunks(&answer, usage),
+                        call.settings,
+                        decorate,
+                        sent,
+                    )
+                    .await
+                }
+                (true, false) => {
+                    send_json(
+                        session,
+                        200,
+                        responses::chat_completion(&answer),
+                        decorate,
+                        sent,
+                    )
+                    .await
+                }
+                (false, false) => {
+                    send_json(
+                        session,
+                        200,
+                        responses::text_completion(&answer),
+                        decorate,
+                        sent,
+                    )
+                    .await
+                }
             }
         }
         EndpointGroup::Embeddings => {

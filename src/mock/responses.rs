@@ -21,6 +21,22 @@ pub struct MockInput {
     pub max_tokens: Option<u64>,
     #[serde(default)]
     pub max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+impl MockInput {
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
 }
 
 /// Token count estimate: one token per four characters, at least one.
@@ -84,40 +100,38 @@ pub fn usage(prompt_chars: usize, completion: &str) -> Value {
     json!({ "prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c })
 }
 
-pub fn chat_completion(
-    id: &str,
-    created: u64,
-    model: &str,
-    reply: &str,
-    prompt_chars: usize,
-) -> Value {
+/// One generated answer, in whatever shape the endpoint returns it.
+pub struct Answer<'a> {
+    pub id: &'a str,
+    pub created: u64,
+    pub model: &'a str,
+    pub text: &'a str,
+    pub prompt_chars: usize,
+}
+
+pub fn chat_completion(a: &Answer<'_>) -> Value {
     json!({
-        "id": id,
+        "id": a.id,
         "object": "chat.completion",
-        "created": created,
-        "model": model,
+        "created": a.created,
+        "model": a.model,
         "choices": [{
             "index": 0,
-            "message": { "role": "assistant", "content": reply, "refusal": null },
+            "message": { "role": "assistant", "content": a.text, "refusal": null },
             "logprobs": null,
             "finish_reason": "stop",
         }],
-        "usage": usage(prompt_chars, reply),
+        "usage": usage(a.prompt_chars, a.text),
         "system_fingerprint": "ultra-mock",
     })
 }
 
-/// SSE `data:` payloads of a streamed chat completion, ending with a usage chunk.
-pub fn chat_chunks(
-    id: &str,
-    created: u64,
-    model: &str,
-    reply: &str,
-    prompt_chars: usize,
-) -> Vec<Value> {
+/// SSE `data:` payloads of a streamed chat completion. As OpenAI does, a final chunk with
+/// `usage` and no choices comes only when the request set `stream_options.include_usage`.
+pub fn chat_chunks(a: &Answer<'_>, include_usage: bool) -> Vec<Value> {
     let chunk = |delta: Value, finish: Value| {
         json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "id": a.id, "object": "chat.completion.chunk", "created": a.created, "model": a.model,
             "system_fingerprint": "ultra-mock",
             "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
         })
@@ -126,49 +140,49 @@ pub fn chat_chunks(
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    out.extend(words(reply).map(|w| chunk(json!({ "content": w }), Value::Null)));
+    out.extend(words(a.text).map(|w| chunk(json!({ "content": w }), Value::Null)));
     out.push(chunk(json!({}), json!("stop")));
-    out.push(json!({
-        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "system_fingerprint": "ultra-mock", "choices": [], "usage": usage(prompt_chars, reply),
-    }));
-    out
+    finish_stream(a, "chat.completion.chunk", out, include_usage)
 }
 
-pub fn text_completion(
-    id: &str,
-    created: u64,
-    model: &str,
-    reply: &str,
-    prompt_chars: usize,
-) -> Value {
+pub fn text_completion(a: &Answer<'_>) -> Value {
     json!({
-        "id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{ "text": reply, "index": 0, "logprobs": null, "finish_reason": "stop" }],
-        "usage": usage(prompt_chars, reply),
+        "id": a.id, "object": "text_completion", "created": a.created, "model": a.model,
+        "choices": [{ "text": a.text, "index": 0, "logprobs": null, "finish_reason": "stop" }],
+        "usage": usage(a.prompt_chars, a.text),
     })
 }
 
-pub fn completion_chunks(
-    id: &str,
-    created: u64,
-    model: &str,
-    reply: &str,
-    prompt_chars: usize,
-) -> Vec<Value> {
+/// SSE `data:` payloads of a streamed legacy completion (usage as in `chat_chunks`).
+pub fn completion_chunks(a: &Answer<'_>, include_usage: bool) -> Vec<Value> {
     let chunk = |text: &str, finish: Value| {
         json!({
-            "id": id, "object": "text_completion", "created": created, "model": model,
+            "id": a.id, "object": "text_completion", "created": a.created, "model": a.model,
             "choices": [{ "text": text, "index": 0, "logprobs": null, "finish_reason": finish }],
         })
     };
-    let mut out: Vec<Value> = words(reply).map(|w| chunk(w, Value::Null)).collect();
+    let mut out: Vec<Value> = words(a.text).map(|w| chunk(w, Value::Null)).collect();
     out.push(chunk("", json!("stop")));
-    out.push(json!({
-        "id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [], "usage": usage(prompt_chars, reply),
-    }));
-    out
+    finish_stream(a, "text_completion", out, include_usage)
+}
+
+/// With `include_usage`, every chunk carries `"usage": null` and a last one the totals.
+fn finish_stream(
+    a: &Answer<'_>,
+    object: &str,
+    mut chunks: Vec<Value>,
+    include_usage: bool,
+) -> Vec<Value> {
+    if include_usage {
+        for c in &mut chunks {
+            c["usage"] = Value::Null;
+        }
+        chunks.push(json!({
+            "id": a.id, "object": object, "created": a.created, "model": a.model,
+            "choices": [], "usage": usage(a.prompt_chars, a.text),
+        }));
+    }
+    chunks
 }
 
 /// Words with their following space, so that concatenated deltas give back the reply.
@@ -260,7 +274,17 @@ mod tests {
         let (reply, chars) = chat_reply(&input);
         assert!(reply.ends_with("You said: hello there"));
         assert_eq!(chars, "be brief".len() + "hello there".len());
-        let chunks = chat_chunks("id", 1, "m", &reply, chars);
+        let answer = Answer {
+            id: "id",
+            created: 1,
+            model: "m",
+            text: &reply,
+            prompt_chars: chars,
+        };
+        assert!(chat_chunks(&answer, false)
+            .iter()
+            .all(|c| c.get("usage").is_none()));
+        let chunks = chat_chunks(&answer, true);
         let text: String = chunks
             .iter()
             .filter_map(|c| {

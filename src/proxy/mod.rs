@@ -68,6 +68,8 @@ pub struct RequestCtx {
     /// Normalised path.
     path: String,
     route: Option<route::Route>,
+    /// The body's `model`, once read.
+    requested_model: Option<Box<str>>,
     body: Bytes,
     backend: Option<Selected>,
     upstream_sent: Option<Instant>,
@@ -111,6 +113,7 @@ impl ProxyHttp for Gateway {
             request_id: String::new(),
             path: String::new(),
             route: None,
+            requested_model: None,
             body: Bytes::new(),
             backend: None,
             upstream_sent: None,
@@ -370,9 +373,10 @@ impl ProxyHttp for Gateway {
             method: session.req_header().method.as_str(),
             path: &ctx.path,
             model: route.map(|r| &*r.model_id),
-            requested_model: route
-                .filter(|r| *r.requested_model != *r.model_id)
-                .map(|r| &*r.requested_model),
+            requested_model: ctx
+                .requested_model
+                .as_deref()
+                .filter(|m| route.is_none_or(|r| **m != *r.model_id)),
             provider: route.map(|r| &*r.target.provider_name),
             backend: ctx.backend.as_ref().map(|b| b.addr.to_string()),
             key_id: route.and_then(|r| r.key_id.as_deref()),

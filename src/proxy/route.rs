@@ -18,7 +18,6 @@ use std::sync::Arc;
 pub struct Route {
     pub group: EndpointGroup,
     pub model_id: Arc<str>,
-    pub requested_model: Box<str>,
     pub default_model_used: bool,
     pub target: Target,
     pub stream: bool,
@@ -79,6 +78,7 @@ pub async fn route(
             return Ok(Routed::Rejected(GatewayError::MissingModel(w)))
         }
     };
+    ctx.requested_model = Some(probe.model.as_ref().into());
     let (idx, default_model_used) = match rt.registry.lookup(&probe.model) {
         Some(i) => (i, false),
         None => match rt.registry.default_model() {
@@ -112,9 +112,8 @@ pub async fn route(
     if !read.replayable && provider.kind != ProviderKind::Mock {
         return Ok(Routed::NeedsSubrequest(read.bytes));
     }
-    let requested: Box<str> = probe.model.as_ref().into();
     let stream = probe.stream;
-    ctx.body = if *requested == *target.upstream_model {
+    ctx.body = if *probe.model == *target.upstream_model {
         read.bytes
     } else {
         model_field::rewrite_model(&read.bytes, &target.upstream_model).unwrap_or(read.bytes)
@@ -122,7 +121,6 @@ pub async fn route(
     ctx.route = Some(Route {
         group,
         model_id: model.id.clone(),
-        requested_model: requested,
         default_model_used,
         target: target.clone(),
         stream,

@@ -25,10 +25,7 @@ struct RelayInfo {
 pub fn may_need(session: &Session) -> bool {
     session.subrequest_ctx.is_none()
         && session.req_header().method == http::Method::POST
-        && !session
-            .req_header()
-            .headers
-            .contains_key(http::header::CONTENT_LENGTH)
+        && super::body::declared_length(session).is_none()
 }
 
 /// In a relayed subrequest: declares the body by its length, and returns the request id of the

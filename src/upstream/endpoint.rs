@@ -4,6 +4,9 @@
 use crate::config::EndpointSpec;
 use std::net::IpAddr;
 
+/// Largest endpoint weight: Pingora's weighted selection holds one slot per unit of weight.
+pub const MAX_WEIGHT: usize = 1000;
+
 /// A parsed endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -58,8 +61,8 @@ impl Endpoint {
         if ip.is_none() && !valid_host_name(&host) {
             return Err("has an invalid host name".into());
         }
-        if spec.weight == 0 {
-            return Err("weight must be at least 1".into());
+        if !(1..=MAX_WEIGHT).contains(&spec.weight) {
+            return Err(format!("weight must be between 1 and {MAX_WEIGHT}"));
         }
         if !tls && spec.sni.is_some() {
             return Err("`sni` only applies to https:// endpoints".into());

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 /// How often the manager looks for due work.
 const TICK: Duration = Duration::from_secs(1);
 
+/// Retry interval for a pool without any resolved backend: it serves nothing until resolved.
+const EMPTY_POOL_RETRY: Duration = Duration::from_secs(2);
+
 pub struct UpstreamManager {
     runtime: Arc<ArcSwap<Runtime>>,
 }
@@ -46,12 +49,21 @@ impl BackgroundService for UpstreamManager {
             for pool in rt.pools() {
                 let key = Arc::as_ptr(pool) as usize;
                 live.push(key);
-                let next = *due
-                    .entry(key)
-                    .or_insert_with(|| now + pool.refresh_interval());
+                // Start-up resolved every pool once; an empty pool is retried soon.
+                let first_wait = if pool.has_backends() {
+                    pool.refresh_interval()
+                } else {
+                    EMPTY_POOL_RETRY
+                };
+                let next = *due.entry(key).or_insert_with(|| now + first_wait);
                 if next <= now {
                     pool.refresh().await;
-                    due.insert(key, Instant::now() + pool.refresh_interval());
+                    let wait = if pool.has_backends() {
+                        pool.refresh_interval()
+                    } else {
+                        pool.refresh_interval().min(EMPTY_POOL_RETRY)
+                    };
+                    due.insert(key, Instant::now() + wait);
                 }
             }
             due.retain(|k, _| live.contains(k));

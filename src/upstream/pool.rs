@@ -119,11 +119,21 @@ impl ServiceDiscovery for DnsDiscovery {
             for addr in addrs {
                 let mut ext = http::Extensions::new();
                 ext.insert(ep.clone());
-                backends.insert(Backend {
+                let fresh = backends.insert(Backend {
                     addr: PingoraAddr::Inet(addr),
                     weight: ep.weight,
                     ext,
                 });
+                // Pingora's Backend identity is address + weight: a second endpoint on the same
+                // address would silently lose its Host, SNI and path.
+                if !fresh {
+                    tracing::warn!(
+                        provider = %self.provider,
+                        url = %ep.url,
+                        %addr,
+                        "two endpoints of this provider resolve to the same address and weight; only the first is used"
+                    );
+                }
             }
         }
         Ok((backends, HashMap::new()))

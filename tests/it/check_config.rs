@@ -28,7 +28,7 @@ fn shipped_development_config_passes() {
     let (code, out, err) = check(&repo("conf/ultra.yaml"), &[]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(
-        out.contains("OK (development mode, 5 models, 1 providers)"),
+        out.contains("OK (development mode, 5 models, 1 provider)"),
         "{out}"
     );
 }

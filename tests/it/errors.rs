@@ -90,6 +90,11 @@ async fn request_errors() {
     assert_eq!(h["x-should-retry"], "false");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("Did you mean: gpt-4o-mini, gpt-4o"), "{msg}");
+    let entry = gw.access_entry(h["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(entry["status"], 404);
+    assert_eq!(entry["error"], "model_not_found");
+    assert_eq!(entry["requested_model"], "gpt-4o-mni");
+    assert!(entry["model"].is_null());
 
     let r = client()
         .post(gw.url("/v1/files"))

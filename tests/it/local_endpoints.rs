@@ -255,3 +255,31 @@ async fn shipped_default_config_serves_its_models() {
         200
     );
 }
+
+#[tokio::test]
+async fn sighup_and_sigusr1_do_not_stop_the_gateway() {
+    let mut gw = TestGateway::start(
+        &openai_config("http://127.0.0.1:9").replace("level: warn", "level: info"),
+    );
+    gw.signal("HUP");
+    gw.signal("USR1");
+    // Handled signals leave a log line; a killed process leaves none.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(gw.all_output().contains("SIGHUP received")
+        && gw.all_output().contains("SIGUSR1 received"))
+    {
+        assert!(!gw.exited(), "the gateway died: {}", gw.all_output());
+        assert!(std::time::Instant::now() < deadline, "{}", gw.all_output());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!gw.exited());
+    assert_eq!(
+        client()
+            .get(gw.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

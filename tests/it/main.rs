@@ -5,6 +5,7 @@ mod common;
 
 mod bodies;
 mod check_config;
+mod docs;
 mod errors;
 mod headers;
 mod local_endpoints;

@@ -138,24 +138,29 @@ providers: { m: { kind: mock, mock: { chunk_interval_ms: 1 } } }
 models: [{ id: gpt-4o, targets: [{ provider: m }] }]
 ",
     );
-    let resp = gw.post_json("/v1/chat/completions", &stream_body()).await;
+    let events = |text: String| -> Vec<serde_json::Value> {
+        let parts: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(*parts.last().unwrap(), "data: [DONE]");
+        parts[..parts.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+            .collect()
+    };
+
+    let mut body = stream_body();
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let resp = gw.post_json("/v1/chat/completions", &body).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let text = resp.text().await.unwrap();
-    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
-    assert_eq!(*events.last().unwrap(), "data: [DONE]");
-    let usage: serde_json::Value =
-        serde_json::from_str(events[events.len() - 2].trim_start_matches("data: ")).unwrap();
-    assert_eq!(usage["choices"], serde_json::json!([]));
-    assert!(usage["usage"]["total_tokens"].as_u64().unwrap() > 0);
-    let content: String = events[..events.len() - 2]
+    let with_usage = events(resp.text().await.unwrap());
+    let last = with_usage.last().unwrap();
+    assert_eq!(last["choices"], serde_json::json!([]));
+    assert!(last["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let content: String = with_usage
         .iter()
-        .filter_map(|e| {
-            serde_json::from_str::<serde_json::Value>(e.trim_start_matches("data: ")).ok()
-        })
         .filter_map(|v| {
             v["choices"][0]["delta"]["content"]
                 .as_str()
@@ -163,4 +168,10 @@ models: [{ id: gpt-4o, targets: [{ provider: m }] }]
         })
         .collect();
     assert!(content.ends_with("You said: hi"), "{content}");
+
+    // Without stream_options, as with OpenAI, no usage chunk and no `usage` field.
+    let resp = gw.post_json("/v1/chat/completions", &stream_body()).await;
+    let plain = events(resp.text().await.unwrap());
+    assert!(plain.iter().all(|v| v.get("usage").is_none()));
+    assert_eq!(plain.last().unwrap()["choices"][0]["finish_reason"], "stop");
 }
