@@ -5,7 +5,8 @@ Usage: python sdk_check.py PATH_TO_ULTRA_GATEWAY_BINARY CONFIG
 Starts the gateway on 127.0.0.1:0 with CONFIG (development mode, mock providers), reads the
 bound address from its start-up line, then uses the SDK with only base_url and api_key set:
 a plain and a streamed chat completion, the model list, an embedding (the SDK asks for base64
-by default) and an unknown model (the SDK must raise NotFoundError with our error code).
+by default), an unknown model (the SDK must raise NotFoundError with our error code) and a bad
+token (AuthenticationError). The api_key is a test token minted by `ultra-gateway token`.
 """
 
 import re
@@ -40,9 +41,16 @@ def start_gateway(binary, config):
 
 def main():
     binary, config = sys.argv[1], sys.argv[2]
+    token = subprocess.run(
+        [binary, "token", "-c", config, "--sub", "sdk-check", "--role", "user", "--ttl", "10m"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     proc, addr = start_gateway(binary, config)
     try:
-        client = OpenAI(base_url=f"http://{addr}/v1", api_key="sdk-check-key")
+        # The SDK sends api_key as `Authorization: Bearer`: a test token here.
+        client = OpenAI(base_url=f"http://{addr}/v1", api_key=token)
 
         reply = client.chat.completions.create(
             model="gpt-4o-mini",
@@ -88,6 +96,13 @@ def main():
             assert e.body["code"] == "model_not_found", e.body
             assert "gpt-4o-mini" in e.body["message"], e.body
             print(f"unknown model: {e.status_code} {e.body['code']}")
+
+        try:
+            OpenAI(base_url=f"http://{addr}/v1", api_key="not-a-token").models.list()
+            raise AssertionError("a bad token must fail")
+        except openai.AuthenticationError as e:
+            assert e.body["code"] == "invalid_token", e.body
+            print(f"bad token: {e.status_code} {e.body['code']}")
 
         print(f"openai SDK {openai.__version__}: all checks passed")
     finally:

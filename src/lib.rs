@@ -3,10 +3,12 @@
 //! The library holds everything; `main.rs` is the command line. Start with `server::run`.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod embedded;
 pub mod endpoints;
 pub mod line_sink;
+pub mod metrics;
 pub mod mock;
 pub mod proxy;
 pub mod registry;
@@ -14,4 +16,5 @@ pub mod runtime;
 pub mod server;
 pub mod signals;
 pub mod telemetry;
+pub mod time;
 pub mod upstream;

@@ -1,76 +1,154 @@
 //! A JSON-lines writer that keeps file and pipe I/O off the request path: lines go through a
-//! bounded queue to a dedicated thread. When the queue is full the line is dropped and counted,
+//! bounded queue to a dedicated thread. When the queue is full the line is refused and counted,
 //! so a slow disk or a stalled stdout reader can never stall a request.
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Lines waiting to be written before new ones are dropped.
-const QUEUE_LINES: usize = 16 * 1024;
+/// Default number of lines waiting to be written before new ones are refused.
+pub const QUEUE_LINES: usize = 16 * 1024;
 
-/// Where a sink writes: `stdout`, `stderr`, `off`, or a file path (appended).
+/// How often an idle writer looks at the reopen flag.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
+
+/// Where a sink writes: `stdout`, `stderr`, `off`, or a file path (appended, and reopened after
+/// `request_reopen`, for log rotation).
 #[derive(Clone)]
 pub struct LineSink {
     tx: Option<SyncSender<Vec<u8>>>,
     dropped: Arc<AtomicU64>,
+    reopen: Arc<AtomicBool>,
+    on_drop: Option<DropHook>,
+}
+
+/// Called once per dropped line (to feed a metric).
+pub type DropHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Why a line was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QueueFull;
+
+enum Dest {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+impl Dest {
+    fn open(&self) -> io::Result<Box<dyn Write + Send>> {
+        Ok(match self {
+            Dest::Stdout => Box::new(io::stdout()),
+            Dest::Stderr => Box::new(io::stderr()),
+            Dest::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+        })
+    }
 }
 
 impl LineSink {
     /// Opens the destination and starts its writer thread.
     pub fn open(dest: &str, thread_name: &str) -> io::Result<LineSink> {
-        let out: Box<dyn Write + Send> = match dest {
+        Self::open_with_queue(dest, thread_name, QUEUE_LINES)
+    }
+
+    /// Like `open`, with a queue of `queue_lines`.
+    pub fn open_with_queue(
+        dest: &str,
+        thread_name: &str,
+        queue_lines: usize,
+    ) -> io::Result<LineSink> {
+        let reopen = Arc::new(AtomicBool::new(false));
+        let dest = match dest {
             "off" => {
                 return Ok(LineSink {
                     tx: None,
                     dropped: Arc::default(),
+                    reopen,
+                    on_drop: None,
                 })
             }
-            "stdout" => Box::new(io::stdout()),
-            "stderr" => Box::new(io::stderr()),
-            path => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            "stdout" => Dest::Stdout,
+            "stderr" => Dest::Stderr,
+            path => Dest::File(PathBuf::from(path)),
         };
-        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+        let first = dest.open()?;
+        let (tx, rx) = sync_channel::<Vec<u8>>(queue_lines.max(1));
+        let flag = reopen.clone();
         std::thread::Builder::new()
             .name(thread_name.into())
             .spawn(move || {
-                let mut out = io::BufWriter::new(out);
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(&line);
-                    // Flush when the queue is drained, so lines appear promptly without a
-                    // syscall per line under load.
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = out.write_all(&more);
+                let mut out = io::BufWriter::new(first);
+                loop {
+                    if flag.swap(false, Ordering::AcqRel) {
+                        let _ = out.flush();
+                        match dest.open() {
+                            Ok(w) => out = io::BufWriter::new(w),
+                            Err(e) => tracing::error!(error = %e, "cannot reopen log file; writing to the old one"),
+                        }
                     }
-                    let _ = out.flush();
+                    match rx.recv_timeout(IDLE_CHECK) {
+                        Ok(line) => {
+                            let _ = out.write_all(&line);
+                            // Flush when the queue is drained, so lines appear promptly without
+                            // a syscall per line under load.
+                            while let Ok(more) = rx.try_recv() {
+                                let _ = out.write_all(&more);
+                            }
+                            let _ = out.flush();
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
                 }
             })?;
         Ok(LineSink {
             tx: Some(tx),
             dropped: Arc::default(),
+            reopen,
+            on_drop: None,
         })
     }
 
-    /// Queues one line (a newline is appended). Never blocks.
+    /// Calls `hook` for every dropped line.
+    pub fn on_drop(mut self, hook: DropHook) -> LineSink {
+        self.on_drop = Some(hook);
+        self
+    }
+
+    /// Queues one line (a newline is appended). Never blocks: when the queue is full the line
+    /// is dropped and counted.
     pub fn write_json<T: serde::Serialize>(&self, value: &T) {
-        let Some(tx) = &self.tx else { return };
-        let mut line = match serde_json::to_vec(value) {
-            Ok(l) => l,
-            Err(_) => return,
+        let _ = self.try_write_json(value);
+    }
+
+    /// Like `write_json`, telling whether the line was queued.
+    pub fn try_write_json<T: serde::Serialize>(&self, value: &T) -> Result<(), QueueFull> {
+        let Some(tx) = &self.tx else { return Ok(()) };
+        let Ok(mut line) = serde_json::to_vec(value) else {
+            return Ok(());
         };
         line.push(b'\n');
-        if let Err(TrySendError::Full(_)) = tx.try_send(line) {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            // Say so, without flooding the log that is itself backed up.
-            if n == 1 || n.is_multiple_of(10_000) {
-                tracing::error!(dropped = n, "log queue full: lines dropped");
+        match tx.try_send(line) {
+            Err(TrySendError::Full(_)) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(hook) = &self.on_drop {
+                    hook();
+                }
+                // Say so, without flooding the log that is itself backed up.
+                if n == 1 || n.is_multiple_of(10_000) {
+                    tracing::error!(dropped = n, "log queue full: lines dropped");
+                }
+                Err(QueueFull)
             }
+            _ => Ok(()),
         }
     }
 
@@ -78,54 +156,16 @@ impl LineSink {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
-}
 
-/// Formats Unix milliseconds as RFC 3339 UTC, e.g. `2026-11-25T21:06:41.123Z`.
-pub fn rfc3339_millis(unix_ms: u128) -> String {
-    let secs = (unix_ms / 1000) as i64;
-    let ms = (unix_ms % 1000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
-}
-
-/// Now, as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    rfc3339_millis(ms)
+    /// Asks the writer to reopen its file (after log rotation moved it away).
+    pub fn request_reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_known_instants() {
-        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_millis(1_795_641_201_123),
-            "2026-11-25T21:13:21.123Z"
-        );
-    }
 
     #[test]
     fn file_sink_writes_lines() {

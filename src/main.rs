@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use ultra_gateway::{config, embedded, runtime::Runtime, server, signals};
+use ultra_gateway::{auth, config, embedded, runtime::Runtime, server, signals};
 
 const DEFAULT_CONFIG: &str = "conf/ultra.yaml";
 
@@ -30,6 +30,35 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Mint an HS256 JWT the configuration accepts (its hmac_secret, or with test_tokens the
+    /// development secret). Prints the token only.
+    Token {
+        /// Subject (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Role (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Configuration file (as for `run`).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Generate a service API key (printed once) and its `auth.api_keys` entry; with --stdin,
+    /// hash a key you already have.
+    HashKey {
+        /// Read the key from standard input instead of generating one.
+        #[arg(long)]
+        stdin: bool,
+        /// The entry's id.
+        #[arg(long, default_value = "my-service")]
+        id: String,
+        /// Role (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -52,6 +81,13 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { config }) => check_config(&config),
         Some(Command::Run(args)) => run(args),
+        Some(Command::Token {
+            sub,
+            roles,
+            ttl,
+            config,
+        }) => token(&sub, &roles, &ttl, config.as_deref()),
+        Some(Command::HashKey { stdin, id, roles }) => hash_key(stdin, &id, &roles),
         None => run(cli.run),
     }
 }
@@ -68,10 +104,13 @@ fn load(path: Option<&Path>) -> Result<config::Config, config::ConfigErrors> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    if let Err(e) = signals::install() {
-        eprintln!("ultra-gateway: cannot install signal handlers: {e}");
-        return ExitCode::from(1);
-    }
+    let signals = match signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ultra-gateway: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let config = match load(args.config.as_deref()) {
         Ok(c) => c,
         Err(errors) => {
@@ -79,7 +118,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match server::run(config, args.listen.as_deref()) {
+    match server::run(config, args.listen.as_deref(), &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("ultra-gateway: {msg}");
@@ -122,4 +161,89 @@ fn report(errors: &config::ConfigErrors) {
     }
     let n = errors.len();
     eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
+}
+
+fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> ExitCode {
+    let Some(ttl_seconds) = auth::dev_token::parse_ttl(ttl) else {
+        eprintln!("ultra-gateway: invalid --ttl `{ttl}`: expected e.g. 90s, 15m, 1h, 7d");
+        return ExitCode::from(2);
+    };
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(errors) => {
+            report(&errors);
+            return ExitCode::from(1);
+        }
+    };
+    let auth = config.auth.clone().unwrap_or_default();
+    let jwt = auth.jwt.as_ref();
+    let configured = jwt
+        .and_then(|j| j.hmac_secret.clone())
+        .filter(|s| !s.is_empty());
+    let secret = match (configured, auth.test_tokens) {
+        (Some(s), _) => s,
+        (None, true) => auth::dev_token::DEV_SECRET.to_string(),
+        (None, false) => {
+            eprintln!("ultra-gateway: this configuration accepts no token the CLI can sign: set auth.jwt.hmac_secret, or auth.test_tokens: true (development)");
+            return ExitCode::from(1);
+        }
+    };
+    let first = |v: Option<&config::OneOrMany>| v.and_then(|o| o.0.first().cloned());
+    let issuer = first(jwt.and_then(|j| j.issuer.as_ref()))
+        .unwrap_or_else(|| auth::dev_token::DEV_ISSUER.to_string());
+    let audience = first(jwt.and_then(|j| j.audience.as_ref()));
+    let roles_claim = jwt
+        .map(|j| j.roles_claim.clone())
+        .unwrap_or_else(|| "roles".into());
+    let request = auth::dev_token::TokenRequest {
+        subject: sub,
+        roles,
+        ttl_seconds,
+        secret: &secret,
+        issuer: Some(&issuer),
+        audience: audience.as_deref(),
+        roles_claim: &roles_claim,
+    };
+    match auth::dev_token::mint(&request) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ultra-gateway: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn hash_key(stdin: bool, id: &str, roles: &[String]) -> ExitCode {
+    let key = if stdin {
+        let mut s = String::new();
+        if std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).is_err()
+            || s.trim().is_empty()
+        {
+            eprintln!("ultra-gateway: no key on standard input");
+            return ExitCode::from(2);
+        }
+        s.trim().to_string()
+    } else {
+        auth::api_key::generate()
+    };
+    let digest = auth::api_key::to_hex(&auth::api_key::sha256(key.as_bytes()));
+    let roles = if roles.is_empty() {
+        vec!["service".to_string()]
+    } else {
+        roles.to_vec()
+    };
+    if !stdin {
+        println!("API key (shown once; store it now, the gateway keeps only its digest):");
+        println!("{key}");
+        println!();
+    }
+    println!("auth.api_keys entry:");
+    println!(
+        "  - {{ id: {id}, sha256: \"{digest}\", roles: [{}] }}",
+        roles.join(", ")
+    );
+    ExitCode::SUCCESS
 }

@@ -2,16 +2,20 @@
 //! pools and keys, the proxied paths). The proxy holds it in an `ArcSwap`; a request takes one
 //! snapshot at its start and uses it to the end.
 
+use crate::auth::client_addr::TrustedProxies;
+use crate::auth::rbac::Access;
+use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, ConfigErrors, Mode, ProviderKind};
 use crate::endpoints::{self, EndpointGroup};
+use crate::registry::ModelIdx;
 use crate::registry::{ProviderId, Registry, Rendered};
 use crate::upstream::endpoint::Endpoint;
 use crate::upstream::pool::Pool;
 use crate::upstream::provider::{Provider, DEFAULT_ANTHROPIC_VERSION};
 use crate::upstream::timeouts::Timeouts;
 use crate::upstream::tls;
-use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue};
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +31,21 @@ pub struct Runtime {
     pub registry: Registry,
     pub providers: Vec<Provider>,
     extra_paths: HashMap<String, EndpointGroup>,
-    /// `/api/available-models` for the servability it was rendered with.
-    available: ArcSwapOption<(Vec<bool>, Rendered)>,
+    pub auth: Authenticator,
+    pub trusted_proxies: TrustedProxies,
+    /// The mock that answers `X-Test-Mode: true` (development only).
+    pub test_mock: Option<ProviderId>,
+    /// `/metrics` is served on the main listener.
+    pub metrics_on_main: bool,
+    /// Model lists per role set: the caller sees only what it may use.
+    views: RwLock<HashMap<Access, View>>,
+}
+
+#[derive(Debug)]
+struct View {
+    models_list: Rendered,
+    /// `/api/available-models` and the servability it was rendered with.
+    available: Option<(Vec<bool>, Rendered)>,
 }
 
 impl Runtime {
@@ -162,14 +179,49 @@ impl Runtime {
             })
             .collect();
 
+        // X-Test-Mode (development) is answered by a mock: the configured one, else a built-in.
+        let test_mock = (config.mode == Mode::Development).then(|| {
+            providers
+                .iter()
+                .find(|p| p.kind == ProviderKind::Mock)
+                .map(|p| p.id)
+                .unwrap_or_else(|| {
+                    let id = ProviderId(providers.len());
+                    providers.push(Provider::builtin_mock(id));
+                    id
+                })
+        });
+
+        let auth = match Authenticator::compile(config, &registry) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.0.extend(e.0);
+                None
+            }
+        };
+        if config.auth.is_none() {
+            warnings.push(
+                "no `auth` section: every caller is served as `anonymous` with access to everything (development only; production refuses this)"
+                    .into(),
+            );
+        }
+        let trusted_proxies =
+            TrustedProxies::parse(&config.server.trusted_proxies).unwrap_or_default();
+        let Some(auth) = auth else {
+            return Err(errors);
+        };
         let runtime = Runtime {
             mode: config.mode,
             max_body_bytes: config.server.max_body_bytes,
             models_max_age_seconds: config.server.models_max_age_seconds,
             registry,
             providers,
+            auth,
+            trusted_proxies,
+            test_mock,
+            metrics_on_main: config.metrics.enabled && config.metrics.listen.is_none(),
             extra_paths,
-            available: ArcSwapOption::empty(),
+            views: RwLock::new(HashMap::new()),
         };
         errors.into_result((runtime, warnings))
     }
@@ -203,17 +255,50 @@ impl Runtime {
             .collect()
     }
 
-    /// `/api/available-models`, re-rendered only when servability changed.
-    pub fn available_models(&self) -> Rendered {
+    /// Whether `access` may see and use model `idx`.
+    pub fn model_visible(&self, access: Access, idx: ModelIdx) -> bool {
+        self.auth.rbac.allows_model(access, idx)
+    }
+
+    /// `/v1/models` as `access` sees it, rendered once per role set.
+    pub fn models_list(&self, access: Access) -> Rendered {
+        if let Some(v) = self.views.read().get(&access) {
+            return v.models_list.clone();
+        }
+        let rendered = self
+            .registry
+            .render_models_list(&|i| self.model_visible(access, i));
+        self.views
+            .write()
+            .entry(access)
+            .or_insert_with(|| View {
+                models_list: rendered.clone(),
+                available: None,
+            })
+            .models_list
+            .clone()
+    }
+
+    /// `/api/available-models` as `access` sees it, re-rendered only when servability changed.
+    pub fn available_models(&self, access: Access) -> Rendered {
         let servable = self.servable();
-        if let Some(cached) = self.available.load().as_ref() {
-            if cached.0 == servable {
-                return cached.1.clone();
+        if let Some(Some((s, r))) = self.views.read().get(&access).map(|v| &v.available) {
+            if *s == servable {
+                return r.clone();
             }
         }
-        let rendered = self.registry.render_available(&servable);
-        self.available
-            .store(Some(Arc::new((servable, rendered.clone()))));
+        let rendered = self
+            .registry
+            .render_available(&servable, &|i| self.model_visible(access, i));
+        let list = self.models_list(access);
+        self.views
+            .write()
+            .entry(access)
+            .or_insert_with(|| View {
+                models_list: list,
+                available: None,
+            })
+            .available = Some((servable, rendered.clone()));
         rendered
     }
 }

@@ -1,13 +1,17 @@
 //! Wires a Pingora `Server` from a compiled runtime: the proxy service on a listener the
 //! gateway binds itself, and the upstream manager.
 
+use crate::auth::audit::AuditLog;
 use crate::config::Config;
 use crate::line_sink::LineSink;
+use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::runtime::Runtime;
+use crate::signals::Signals;
 use crate::upstream::manager::{self, UpstreamManager};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
 use pingora::proxy::{http_proxy_service_with_name, HttpProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ListenFds, Server, ShutdownWatch};
@@ -23,7 +27,7 @@ use std::time::Duration;
 const FIRST_RESOLUTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the gateway and serves until a signal stops it. Returns only on a start-up error.
-pub fn run(config: Config, listen_override: Option<&str>) -> Result<(), String> {
+pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> Result<(), String> {
     let (runtime, warnings) = Runtime::compile(&config).map_err(|e| e.to_string())?;
     crate::telemetry::init(&config.logging, config.mode);
     for w in &warnings {
@@ -37,8 +41,18 @@ pub fn run(config: Config, listen_override: Option<&str>) -> Result<(), String> 
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     init_rt.block_on(async {
-        let _ =
-            tokio::time::timeout(FIRST_RESOLUTION_TIMEOUT, manager::refresh_all(&runtime)).await;
+        // The identity provider's keys too; if it is down the gateway starts anyway and JWT
+        // callers get 503 until the manager's next refresh succeeds.
+        let jwks = async {
+            if let Some(j) = runtime.auth.jwks_url() {
+                j.refresh().await;
+            }
+        };
+        let _ = tokio::time::timeout(
+            FIRST_RESOLUTION_TIMEOUT,
+            futures_join(manager::refresh_all(&runtime), jwks),
+        )
+        .await;
     });
     drop(init_rt);
 
@@ -61,8 +75,26 @@ pub fn run(config: Config, listen_override: Option<&str>) -> Result<(), String> 
             .display()
             .to_string(),
     };
+    let metrics = Arc::new(Metrics::new());
+    let m = metrics.clone();
     let access_log = LineSink::open(&access_dest, "ultra-access-log")
-        .map_err(|e| format!("cannot open access log {access_dest}: {e}"))?;
+        .map_err(|e| format!("cannot open access log {access_dest}: {e}"))?
+        .on_drop(Arc::new(move || m.access_log_dropped.inc()));
+    let audit_dest = match config.audit.path.as_str() {
+        d @ ("stdout" | "stderr") => d.to_string(),
+        path => config
+            .resolve_path(std::path::Path::new(path))
+            .display()
+            .to_string(),
+    };
+    let m = metrics.clone();
+    let audit_sink =
+        LineSink::open_with_queue(&audit_dest, "ultra-audit-log", config.audit.queue_lines)
+            .map_err(|e| format!("cannot open audit log {audit_dest}: {e}"))?
+            .on_drop(Arc::new(move || m.audit_dropped.inc()));
+    signals.reopen_on_usr1(access_log.clone());
+    signals.reopen_on_usr1(audit_sink.clone());
+    let audit = AuditLog::new(audit_sink, config.audit.on_overflow);
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -78,7 +110,7 @@ pub fn run(config: Config, listen_override: Option<&str>) -> Result<(), String> 
     let mode = runtime.mode;
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
 
-    let gateway = Gateway::new(runtime.clone(), access_log);
+    let gateway = Gateway::new(runtime.clone(), access_log, audit, metrics.clone());
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "ultra-gateway");
     let bound_str = bound.to_string();
     proxy.add_tcp(&bound_str);
@@ -91,6 +123,11 @@ pub fn run(config: Config, listen_override: Option<&str>) -> Result<(), String> 
         "upstream-manager",
         UpstreamManager::new(runtime),
     ));
+    if let (true, Some(listen)) = (config.metrics.enabled, &config.metrics.listen) {
+        let mut svc = ListeningService::new("metrics".into(), MetricsApp(metrics));
+        svc.add_tcp(listen);
+        server.add_service(svc);
+    }
 
     tracing::info!(
         target: crate::telemetry::STARTUP_TARGET,
@@ -149,5 +186,37 @@ impl ServiceWithDependents for PreboundService {
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
         ServiceWithDependents::listen_addresses(&self.inner)
+    }
+}
+
+/// Waits for both futures.
+async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
+    tokio::join!(a, b);
+}
+
+/// `/metrics` on its own listener (`metrics.listen`).
+struct MetricsApp(Arc<Metrics>);
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(
+        &self,
+        session: &mut pingora::protocols::http::ServerSession,
+    ) -> http::Response<Vec<u8>> {
+        let (status, ctype, body) = if session.req_header().uri.path() == "/metrics" {
+            (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.0.render(),
+            )
+        } else {
+            (404, "text/plain", b"only /metrics here\n".to_vec())
+        };
+        http::Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .header("content-length", body.len())
+            .body(body)
+            .expect("valid response")
     }
 }

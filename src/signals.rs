@@ -2,10 +2,26 @@
 //! process, so a stray `kill -HUP` (what nginx operators send to reload) would stop the gateway.
 //! The handlers are installed first thing in `run`, before anything else can receive one.
 
+use crate::line_sink::LineSink;
+use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// Log files to reopen on SIGUSR1 (after log rotation moved them away).
+#[derive(Clone, Default)]
+pub struct Signals {
+    sinks: Arc<parking_lot::Mutex<Vec<LineSink>>>,
+}
+
+impl Signals {
+    pub fn reopen_on_usr1(&self, sink: LineSink) {
+        self.sinks.lock().push(sink);
+    }
+}
+
 /// Installs the handlers; they live on their own thread for the life of the process.
-pub fn install() -> std::io::Result<()> {
+pub fn install() -> std::io::Result<Signals> {
+    let signals = Signals::default();
+    let sinks = signals.sinks.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -24,11 +40,17 @@ pub fn install() -> std::io::Result<()> {
                         Some(()) = hup.recv() => tracing::warn!(
                             "SIGHUP received: configuration reload is not available yet; ignored (restart to apply a new configuration)"
                         ),
-                        Some(()) = usr1.recv() => tracing::info!("SIGUSR1 received: no log file to reopen"),
+                        Some(()) = usr1.recv() => {
+                            let sinks = sinks.lock();
+                            tracing::info!(files = sinks.len(), "SIGUSR1 received: reopening log files");
+                            for s in sinks.iter() {
+                                s.request_reopen();
+                            }
+                        }
                         else => return,
                     }
                 }
             })
         })?;
-    Ok(())
+    Ok(signals)
 }

@@ -1,6 +1,7 @@
 //! Loading: read, parse, interpolate, then deserialize section by section (provider by provider,
 //! model by model) so that one run reports every problem, each with its file and field path.
 
+use super::auth::*;
 use super::error::{join_path, ConfigError, ConfigErrors};
 use super::interpolate::interpolate_tree;
 use super::schema::*;
@@ -10,8 +11,7 @@ use serde_yaml::{Mapping, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-const TOP_LEVEL_KEYS: &str =
-    "`mode`, `env_files`, `server`, `logging`, `providers`, `models_file`, `models`, `default_model`";
+const TOP_LEVEL_KEYS: &str = "`mode`, `env_files`, `server`, `logging`, `auth`, `audit`, `metrics`, `providers`, `models_file`, `models`, `default_model`";
 
 /// Loads and validates the configuration at `path`. `env` looks up environment variables
 /// (tests pass a map; the binary passes the process environment).
@@ -106,6 +106,9 @@ fn load_inner(
     let mut mode = Mode::default();
     let mut server = ServerSection::default();
     let mut logging = LoggingSection::default();
+    let mut auth = None;
+    let mut audit = AuditSection::default();
+    let mut metrics = MetricsSection::default();
     let mut providers = BTreeMap::new();
     let mut models = Vec::new();
     let mut default_model = None;
@@ -120,6 +123,9 @@ fn load_inner(
             "mode" => mode = de(value, file, "mode", &mut errors).unwrap_or_default(),
             "server" => server = de(value, file, "server", &mut errors).unwrap_or_default(),
             "logging" => logging = de(value, file, "logging", &mut errors).unwrap_or_default(),
+            "auth" => auth = de::<Option<AuthSection>>(value, file, "auth", &mut errors).flatten(),
+            "audit" => audit = de(value, file, "audit", &mut errors).unwrap_or_default(),
+            "metrics" => metrics = de(value, file, "metrics", &mut errors).unwrap_or_default(),
             "providers" => providers = load_providers(value, file, &mut errors),
             "models_file" => {
                 models_file =
@@ -173,6 +179,9 @@ fn load_inner(
         mode,
         server,
         logging,
+        auth,
+        audit,
+        metrics,
         providers,
         models,
         default_model,

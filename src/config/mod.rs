@@ -2,13 +2,18 @@
 //! `env_file`), loading with every error collected at once (`load`), and semantic validation
 //! (`validate`). Nothing here opens sockets or reads key files: that is `Runtime::compile`'s job.
 
+mod auth;
 pub mod env_file;
 pub mod error;
 pub mod interpolate;
 mod load;
 pub mod schema;
 mod validate;
+mod validate_auth;
 
+pub use validate_auth::MIN_HMAC_SECRET_BYTES;
+
+pub use auth::*;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_str, load_with, Reader};
 pub use schema::*;
@@ -26,6 +31,10 @@ pub struct Config {
     pub mode: Mode,
     pub server: ServerSection,
     pub logging: LoggingSection,
+    /// `None` when the file has no `auth` section.
+    pub auth: Option<AuthSection>,
+    pub audit: AuditSection,
+    pub metrics: MetricsSection,
     pub providers: BTreeMap<String, ProviderSpec>,
     pub models: Vec<LoadedModel>,
     pub default_model: Option<String>,

@@ -46,6 +46,9 @@ pub struct ServerSection {
     pub models_max_age_seconds: u64,
     /// Extra `POST` paths proxied besides the built-in allow-list. Default none.
     pub extra_paths: Vec<ExtraPath>,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed for the client address in the
+    /// audit log. Default none: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -58,6 +61,7 @@ impl Default for ServerSection {
             graceful_shutdown_timeout_seconds: 5,
             models_max_age_seconds: 60,
             extra_paths: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

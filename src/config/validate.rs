@@ -154,6 +154,8 @@ pub fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         validate_timeouts(&p.timeouts, file, &format!("{path}.timeouts"), errors);
     }
     validate_models(c, errors);
+    super::validate_auth::validate_auth(c, errors);
+    super::validate_auth::validate_production(c, errors);
 }
 
 fn validate_server(c: &Config, errors: &mut Vec<ConfigError>) {

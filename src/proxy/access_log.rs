@@ -17,7 +17,12 @@ pub struct AccessEntry<'a> {
     pub requested_model: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub backend: Option<String>,
-    pub key_id: Option<&'a str>,
+    /// The caller: a token's subject, an API key's id, or `anonymous`.
+    pub subject: Option<&'a str>,
+    /// The caller's API key id, for key callers.
+    pub caller_key_id: Option<&'a str>,
+    /// Id of the provider key used (never the key).
+    pub provider_key_id: Option<&'a str>,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,

@@ -1,6 +1,7 @@
 //! The gateway's own errors and the one place that knows their status codes and the
 //! OpenAI-shaped JSON `{"error":{"message","type","param","code"}}` (DESIGN.md's error table).
 
+use crate::auth::{Refusal, RefusalKind};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use serde_json::json;
@@ -39,6 +40,10 @@ pub enum GatewayError {
     UpstreamTimeout {
         provider: String,
     },
+    /// The caller was refused by authentication or authorization.
+    Auth(Refusal),
+    /// The audit log cannot take a line and `audit.on_overflow` is `reject`.
+    AuditUnavailable,
     /// A failure inside the gateway.
     Internal,
 }
@@ -53,15 +58,25 @@ impl GatewayError {
             GatewayError::BadUpstream { .. } | GatewayError::ProviderAuthFailed { .. } => 502,
             GatewayError::NoHealthyUpstream { .. } => 503,
             GatewayError::UpstreamTimeout { .. } => 504,
+            GatewayError::Auth(r) => match r.kind() {
+                RefusalKind::Forbidden => 403,
+                RefusalKind::Unavailable => 503,
+                _ => 401,
+            },
+            GatewayError::AuditUnavailable => 503,
             GatewayError::Internal => 500,
         }
     }
 
     pub fn error_type(&self) -> &'static str {
-        match self.status() {
-            400 | 404 | 405 | 413 => "invalid_request_error",
-            500 => "server_error",
-            _ => "upstream_error",
+        match self {
+            GatewayError::Auth(r) if r.kind() == RefusalKind::Forbidden => "permission_error",
+            GatewayError::Auth(_) => "authentication_error",
+            GatewayError::AuditUnavailable | GatewayError::Internal => "server_error",
+            _ => match self.status() {
+                400 | 404 | 405 | 413 => "invalid_request_error",
+                _ => "upstream_error",
+            },
         }
     }
 
@@ -77,6 +92,14 @@ impl GatewayError {
             GatewayError::ProviderAuthFailed { .. } => "provider_auth_failed",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::Auth(r) => match r.kind() {
+                RefusalKind::Missing => "missing_credentials",
+                RefusalKind::InvalidToken => "invalid_token",
+                RefusalKind::InvalidApiKey => "invalid_api_key",
+                RefusalKind::Forbidden => "permission_denied",
+                RefusalKind::Unavailable => "auth_unavailable",
+            },
+            GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Internal => "internal_error",
         }
     }
@@ -115,6 +138,10 @@ impl GatewayError {
                 format!("No provider can serve the model `{model}` right now. Try again later.")
             }
             GatewayError::UpstreamTimeout { provider } => format!("Provider `{provider}` did not answer in time."),
+            GatewayError::Auth(r) => r.message().into(),
+            GatewayError::AuditUnavailable => {
+                "The gateway cannot record this request in its audit log right now. Try again shortly.".into()
+            }
             GatewayError::Internal => "The gateway failed to handle this request.".into(),
         }
     }
@@ -123,6 +150,8 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             GatewayError::NoHealthyUpstream { retry_after, .. } => Some(*retry_after),
+            GatewayError::Auth(Refusal::AuthUnavailable) => Some(5),
+            GatewayError::AuditUnavailable => Some(1),
             _ => None,
         }
     }
@@ -133,7 +162,9 @@ impl GatewayError {
         match self {
             GatewayError::NoHealthyUpstream { .. }
             | GatewayError::UpstreamTimeout { .. }
-            | GatewayError::BadUpstream { .. } => None,
+            | GatewayError::BadUpstream { .. }
+            | GatewayError::AuditUnavailable
+            | GatewayError::Auth(Refusal::AuthUnavailable) => None,
             _ => Some(false),
         }
     }
@@ -162,6 +193,19 @@ impl GatewayError {
         }
         if let GatewayError::MethodNotAllowed { allow } = self {
             let _ = h.insert_header("allow", *allow);
+        }
+        if let GatewayError::Auth(r) = self {
+            // RFC 6750: no error code when no credentials were sent.
+            let challenge = match r.kind() {
+                RefusalKind::Missing => Some("Bearer realm=\"ultra-gateway\""),
+                RefusalKind::InvalidToken | RefusalKind::InvalidApiKey => {
+                    Some("Bearer realm=\"ultra-gateway\", error=\"invalid_token\"")
+                }
+                _ => None,
+            };
+            if let Some(c) = challenge {
+                let _ = h.insert_header("www-authenticate", c);
+            }
         }
         h
     }

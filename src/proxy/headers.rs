@@ -25,6 +25,7 @@ const STRIPPED_REQUEST: &[&str] = &[
     "accept-encoding",
     "content-length",
     "host",
+    "x-test-mode",
 ];
 
 /// Hop-by-hop headers (RFC 9110 7.6.1), removed in both directions.

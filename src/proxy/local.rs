@@ -2,6 +2,7 @@
 //! `/api/available-models`.
 
 use super::errors::{json_header, GatewayError};
+use crate::auth::rbac::Access;
 use crate::registry::{etag_matches, Rendered};
 use crate::runtime::Runtime;
 use bytes::Bytes;
@@ -45,6 +46,7 @@ pub fn respond(
     if_none_match: Option<&[u8]>,
     rt: &Runtime,
     request_id: &str,
+    access: Access,
 ) -> LocalResponse {
     if method != Method::GET && method != Method::HEAD {
         return error(
@@ -55,19 +57,23 @@ pub fn respond(
     match local {
         Local::Health => plain_json(200, json!({ "status": "ok" }), request_id),
         Local::Ready => ready(rt, request_id),
-        Local::ModelsList => cached(rt.registry.models_list(), if_none_match, rt, request_id),
+        Local::ModelsList => cached(&rt.models_list(access), if_none_match, rt, request_id),
         Local::AvailableModels => {
-            let rendered = rt.available_models();
-            cached(&rendered, if_none_match, rt, request_id)
+            cached(&rt.available_models(access), if_none_match, rt, request_id)
         }
-        Local::Model(id) => match rt.registry.lookup(id) {
+        // A model the caller may not use does not exist for it.
+        Local::Model(id) => match rt
+            .registry
+            .lookup(id)
+            .filter(|i| rt.model_visible(access, *i))
+        {
             Some(idx) => cached(rt.registry.model_object(idx), if_none_match, rt, request_id),
             None => error(
                 GatewayError::ModelNotFound {
                     model: id.to_string(),
                     suggestions: rt
                         .registry
-                        .suggestions(id)
+                        .suggestions(id, &|i| rt.model_visible(access, i))
                         .into_iter()
                         .map(str::to_string)
                         .collect(),
@@ -108,7 +114,16 @@ fn ready(rt: &Runtime, request_id: &str) -> LocalResponse {
         .map(|(m, _)| &*m.id)
         .collect();
     let servable_count = servable.iter().filter(|s| **s).count();
-    let ready = resolved && servable_count > 0;
+    // JWT callers cannot be served until the identity provider's keys are loaded.
+    let jwks = rt.auth.jwks_url().map(|j| {
+        if j.loaded() {
+            json!({ "url": j.url(), "loaded": true })
+        } else {
+            json!({ "url": j.url(), "loaded": false, "error": j.last_error().map(|e| e.to_string()) })
+        }
+    });
+    let jwks_ok = rt.auth.jwks_url().is_none_or(|j| j.loaded());
+    let ready = resolved && servable_count > 0 && jwks_ok;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
@@ -116,6 +131,7 @@ fn ready(rt: &Runtime, request_id: &str) -> LocalResponse {
             "listening": true,
             "upstreams_resolved": resolved,
             "servable_models": servable_count,
+            "jwks": jwks,
         },
         "unservable_models": unservable,
     });

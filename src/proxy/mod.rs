@@ -21,21 +21,30 @@ pub mod model_field;
 mod route;
 mod subrequest;
 
-use crate::line_sink::{now_rfc3339, LineSink};
+use crate::auth::audit::{AuditEntry, AuditLog};
+use crate::auth::rbac::Access;
+use crate::auth::{Principal, Refusal};
+use crate::config::Mode;
+use crate::endpoints::EndpointGroup;
+use crate::line_sink::LineSink;
+use crate::metrics::Metrics;
 use crate::mock;
 use crate::registry::Target;
 use crate::runtime::Runtime;
+use crate::time::now_rfc3339;
 use crate::upstream::pool::Selected;
 use access_log::{ms, AccessEntry};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use errors::GatewayError;
+use local::Local;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,18 +54,135 @@ const CLIENT_CLOSED: &str = "client_closed";
 /// Response header naming the model that served a request for an unknown model name.
 pub const DEFAULT_MODEL_HEADER: &str = "x-ultra-default-model";
 
+/// Request header that, in development mode, has the mock answer whatever the model.
+pub const TEST_MODE_HEADER: &str = "x-test-mode";
+
 /// The gateway's proxy logic.
 pub struct Gateway {
     runtime: Arc<ArcSwap<Runtime>>,
     access_log: LineSink,
+    audit: AuditLog,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, access_log: LineSink) -> Gateway {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        access_log: LineSink,
+        audit: AuditLog,
+        metrics: Arc<Metrics>,
+    ) -> Gateway {
         Gateway {
             runtime,
             access_log,
+            audit,
+            metrics,
         }
+    }
+
+    /// Writes the request's audit line (once). `false` when the line could not be queued and
+    /// the policy says to refuse the request.
+    fn audit(&self, session: &Session, ctx: &mut RequestCtx, refusal: Option<Refusal>) -> bool {
+        if ctx.audited {
+            return true;
+        }
+        ctx.audited = true;
+        let (outcome, reason) = match refusal {
+            None => ("allow", "ok"),
+            Some(r) => ("deny", r.code()),
+        };
+        self.metrics
+            .auth_decisions
+            .with_label_values(&[outcome, reason])
+            .inc();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let forwarded = session
+            .req_header()
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = ctx
+            .rt
+            .as_ref()
+            .and_then(|rt| rt.trusted_proxies.client(peer, forwarded))
+            .map(|ip| ip.to_string());
+        let p = ctx.principal.as_ref();
+        let entry = AuditEntry {
+            ts: now_rfc3339(),
+            request_id: &ctx.request_id,
+            outcome,
+            reason,
+            subject: p.map(|p| &*p.subject),
+            key_id: p.and_then(|p| p.key_id.as_deref()),
+            roles: p.map(|p| &p.roles[..]).unwrap_or(&[]),
+            method: p.map(|p| p.method).unwrap_or("none"),
+            http_method: session.req_header().method.as_str(),
+            path: &ctx.path,
+            model: ctx.model_id.as_deref().or(ctx.requested_model.as_deref()),
+            client,
+        };
+        self.audit.record(&entry).is_ok()
+    }
+
+    fn record_metrics(
+        &self,
+        ctx: &RequestCtx,
+        status: u16,
+        elapsed: std::time::Duration,
+        upstream: Option<std::time::Duration>,
+    ) {
+        let buf = itoa_status(status);
+        let status_label = std::str::from_utf8(&buf).unwrap_or("0");
+        let m = &self.metrics;
+        m.requests
+            .with_label_values(&[&*ctx.endpoint, status_label])
+            .inc();
+        m.request_duration
+            .with_label_values(&[&*ctx.endpoint])
+            .observe(elapsed.as_secs_f64());
+        if let (Some(u), Some(r)) = (upstream, &ctx.route) {
+            m.upstream_duration
+                .with_label_values(&[&*r.target.provider_name])
+                .observe(u.as_secs_f64());
+        }
+        m.overhead.observe(
+            elapsed
+                .saturating_sub(upstream.unwrap_or_default())
+                .as_secs_f64(),
+        );
+    }
+
+    fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> bool {
+        self.audit(session, ctx, None)
+    }
+
+    /// Refuses the caller: audit line, then the 401/403/503.
+    async fn deny(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        refusal: Refusal,
+    ) -> Result<bool> {
+        self.audit(session, ctx, Some(refusal));
+        reject(session, ctx, GatewayError::Auth(refusal)).await
+    }
+
+    /// An authenticated request that fails for another reason (unknown path).
+    async fn admit_and_reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        e: GatewayError,
+    ) -> Result<bool> {
+        let e = if self.admit(session, ctx) {
+            e
+        } else {
+            GatewayError::AuditUnavailable
+        };
+        reject(session, ctx, e).await
     }
 }
 
@@ -83,6 +209,14 @@ pub struct RequestCtx {
     pending_error: Option<GatewayError>,
     /// This request only relays a subrequest that does the proxying (and the logging).
     relayed: bool,
+    principal: Option<Principal>,
+    /// The canonical model id, once resolved (for the audit log).
+    model_id: Option<Arc<str>>,
+    /// Metric label: the endpoint group or local endpoint.
+    endpoint: Cow<'static, str>,
+    audited: bool,
+    /// `X-Test-Mode: true` in development.
+    test_mode: bool,
 }
 
 impl RequestCtx {
@@ -124,6 +258,11 @@ impl ProxyHttp for Gateway {
             error_code: None,
             pending_error: None,
             relayed: false,
+            principal: None,
+            model_id: None,
+            endpoint: Cow::Borrowed("unknown"),
+            audited: false,
+            test_mode: false,
         }
     }
 
@@ -133,8 +272,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let rt = self.runtime.load_full();
-        ctx.request_id = match subrequest::adopt_relay(session)? {
-            Some(id) => id,
+        let relayed = subrequest::adopt_relay(session)?;
+        ctx.request_id = match &relayed {
+            Some(r) => r.request_id.clone(),
             None => headers::request_id(session.req_header()),
         };
         ctx.rt = Some(rt.clone());
@@ -142,31 +282,76 @@ impl ProxyHttp for Gateway {
             return reject(session, ctx, GatewayError::UnknownEndpoint).await;
         };
         ctx.path = path;
+        let local = local::route(&ctx.path);
 
-        if let Some(l) = local::route(&ctx.path) {
-            let method = session.req_header().method.clone();
-            let inm = session
+        // Unauthenticated: probes and the scrape endpoint.
+        if matches!(local, Some(Local::Health | Local::Ready)) {
+            ctx.endpoint = Cow::Borrowed("health");
+            return serve_local(session, ctx, &rt, Access::All).await;
+        }
+        if ctx.path == "/metrics" && rt.metrics_on_main {
+            ctx.endpoint = Cow::Borrowed("metrics");
+            return serve_metrics(session, ctx, &self.metrics).await;
+        }
+
+        // Who is calling, and may they use this endpoint at all.
+        let principal = match relayed {
+            Some(r) => {
+                ctx.audited = true;
+                r.principal
+            }
+            None => match rt.auth.authenticate(&session.req_header().headers).await {
+                Ok(p) => p,
+                Err(refusal) => return self.deny(session, ctx, refusal).await,
+            },
+        };
+        let access = principal.access;
+        ctx.principal = Some(principal);
+        let group = match (&local, rt.proxied_group(&ctx.path)) {
+            (Some(_), _) => EndpointGroup::Models,
+            (None, Some(g)) => g,
+            (None, None) => {
+                return self
+                    .admit_and_reject(session, ctx, GatewayError::UnknownEndpoint)
+                    .await
+            }
+        };
+        ctx.endpoint = endpoint_label(&group);
+        if !rt.auth.rbac.allows_endpoint(access, &group) {
+            return self.deny(session, ctx, Refusal::EndpointForbidden).await;
+        }
+        if local.is_some() {
+            if !self.admit(session, ctx) {
+                return reject(session, ctx, GatewayError::AuditUnavailable).await;
+            }
+            return serve_local(session, ctx, &rt, access).await;
+        }
+
+        ctx.test_mode = rt.mode == Mode::Development
+            && session
                 .req_header()
                 .headers
-                .get("if-none-match")
-                .map(|v| v.as_bytes().to_vec());
-            let resp = local::respond(l, &method, inm.as_deref(), &rt, &ctx.request_id);
-            ctx.local_status = Some(resp.status);
-            ctx.bytes_out = local::send(session, resp, method == http::Method::HEAD).await?;
-            return Ok(true);
+                .get(TEST_MODE_HEADER)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let routed = route::route(session, ctx, &rt, group, access).await?;
+        if let route::Routed::Denied(refusal) = routed {
+            return self.deny(session, ctx, refusal).await;
         }
-
-        match route::route(session, ctx, &rt).await? {
-            route::Routed::Proxy => {}
-            route::Routed::Rejected(e) => return reject(session, ctx, e).await,
-            route::Routed::Mock => return serve_mock(session, ctx, &rt).await,
+        if !self.admit(session, ctx) {
+            return reject(session, ctx, GatewayError::AuditUnavailable).await;
+        }
+        match routed {
+            route::Routed::Proxy => Ok(false),
+            route::Routed::Rejected(e) => reject(session, ctx, e).await,
+            route::Routed::Mock => serve_mock(session, ctx, &rt).await,
             route::Routed::NeedsSubrequest(body) => {
                 ctx.relayed = true;
-                subrequest::relay(session, ctx, body).await?;
-                return Ok(true);
+                let principal = ctx.principal.clone().expect("authenticated above");
+                subrequest::relay(session, ctx, body, principal).await?;
+                Ok(true)
             }
+            route::Routed::Denied(_) => unreachable!("handled above"),
         }
-        Ok(false)
     }
 
     async fn upstream_peer(
@@ -366,7 +551,14 @@ impl ProxyHttp for Gateway {
             .or_else(|| session.response_written().map(|h| h.status.as_u16()))
             .unwrap_or(0);
         let route = ctx.route.as_ref();
+        let elapsed = ctx.started.elapsed();
+        let upstream = ctx
+            .upstream_sent
+            .zip(ctx.upstream_done.or(ctx.upstream_header))
+            .map(|(s, e)| e.duration_since(s));
+        self.record_metrics(ctx, status, elapsed, upstream);
         let since_sent = |end: Option<Instant>| Some(ms(end?.duration_since(ctx.upstream_sent?)));
+        let principal = ctx.principal.as_ref();
         let entry = AccessEntry {
             ts: now_rfc3339(),
             request_id: &ctx.request_id,
@@ -379,11 +571,13 @@ impl ProxyHttp for Gateway {
                 .filter(|m| route.is_none_or(|r| **m != *r.model_id)),
             provider: route.map(|r| &*r.target.provider_name),
             backend: ctx.backend.as_ref().map(|b| b.addr.to_string()),
-            key_id: route.and_then(|r| r.key_id.as_deref()),
+            subject: principal.map(|p| &*p.subject),
+            caller_key_id: principal.and_then(|p| p.key_id.as_deref()),
+            provider_key_id: route.and_then(|r| r.key_id.as_deref()),
             status,
             error: ctx.error_code,
             stream: route.is_some_and(|r| r.stream),
-            latency_ms: ms(ctx.started.elapsed()),
+            latency_ms: ms(elapsed),
             upstream_ms: since_sent(ctx.upstream_done),
             upstream_ttfb_ms: since_sent(ctx.upstream_header),
             bytes_in: session.body_bytes_read(),
@@ -391,6 +585,65 @@ impl ProxyHttp for Gateway {
             client: session.client_addr().map(|a| a.to_string()),
         };
         self.access_log.write_json(&entry);
+    }
+}
+
+/// Serves a local endpoint (health, readiness, model lists) as `access` sees it.
+async fn serve_local(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+    access: Access,
+) -> Result<bool> {
+    let Some(l) = local::route(&ctx.path) else {
+        return reject(session, ctx, GatewayError::UnknownEndpoint).await;
+    };
+    let method = session.req_header().method.clone();
+    let inm = session
+        .req_header()
+        .headers
+        .get("if-none-match")
+        .map(|v| v.as_bytes().to_vec());
+    let resp = local::respond(l, &method, inm.as_deref(), rt, &ctx.request_id, access);
+    ctx.local_status = Some(resp.status);
+    ctx.bytes_out = local::send(session, resp, method == http::Method::HEAD).await?;
+    Ok(true)
+}
+
+/// `GET /metrics` in Prometheus' text format.
+async fn serve_metrics(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    metrics: &Metrics,
+) -> Result<bool> {
+    let body = Bytes::from(metrics.render());
+    let mut h = ResponseHeader::build(200, Some(4))?;
+    h.insert_header("content-type", "text/plain; version=0.0.4; charset=utf-8")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    ctx.local_status = Some(200);
+    ctx.bytes_out = body.len();
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(h), head).await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(true)
+}
+
+/// Metric label of an endpoint group (custom groups come from the configuration: bounded).
+fn endpoint_label(g: &EndpointGroup) -> Cow<'static, str> {
+    match g {
+        EndpointGroup::Custom(s) => Cow::Owned(s.to_string()),
+        EndpointGroup::Chat => Cow::Borrowed("chat"),
+        EndpointGroup::Completions => Cow::Borrowed("completions"),
+        EndpointGroup::Embeddings => Cow::Borrowed("embeddings"),
+        EndpointGroup::Responses => Cow::Borrowed("responses"),
+        EndpointGroup::Moderations => Cow::Borrowed("moderations"),
+        EndpointGroup::Models => Cow::Borrowed("models"),
+        EndpointGroup::Analyze => Cow::Borrowed("analyze"),
+        EndpointGroup::Usage => Cow::Borrowed("usage"),
+        EndpointGroup::Admin => Cow::Borrowed("admin"),
     }
 }
 
@@ -478,4 +731,14 @@ fn classify(e: &Error, ctx: &RequestCtx) -> Option<GatewayError> {
         }),
         _ => Some(GatewayError::Internal),
     }
+}
+
+/// A status code as three ASCII digits, without allocating.
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
 }

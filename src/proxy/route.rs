@@ -5,10 +5,13 @@ use super::body::{self, BodyError};
 use super::errors::GatewayError;
 use super::model_field::{self, ProbeError};
 use super::RequestCtx;
+use crate::auth::rbac::Access;
+use crate::auth::Refusal;
 use crate::config::ProviderKind;
 use crate::endpoints::EndpointGroup;
-use crate::registry::Target;
+use crate::registry::{ProviderId, Target};
 use crate::runtime::Runtime;
+use crate::upstream::timeouts::Timeouts;
 use bytes::Bytes;
 use pingora::proxy::Session;
 use std::sync::Arc;
@@ -32,6 +35,8 @@ pub enum Routed {
     /// To the built-in mock provider.
     Mock,
     Rejected(GatewayError),
+    /// The caller's roles do not allow the model.
+    Denied(Refusal),
     /// A chunked body too large for Pingora's retry buffer: relay it through a subrequest.
     NeedsSubrequest(Bytes),
 }
@@ -41,10 +46,9 @@ pub async fn route(
     session: &mut Session,
     ctx: &mut RequestCtx,
     rt: &Runtime,
+    group: EndpointGroup,
+    access: Access,
 ) -> pingora::Result<Routed> {
-    let Some(group) = rt.proxied_group(&ctx.path) else {
-        return Ok(Routed::Rejected(GatewayError::UnknownEndpoint));
-    };
     if session.req_header().method != http::Method::POST {
         return Ok(Routed::Rejected(GatewayError::MethodNotAllowed {
             allow: "POST",
@@ -79,6 +83,14 @@ pub async fn route(
         }
     };
     ctx.requested_model = Some(probe.model.as_ref().into());
+    if ctx.test_mode {
+        if let Some(mock) = rt.test_mock {
+            let route = test_mode_route(rt, mock, group, &probe.model, probe.stream);
+            ctx.route = Some(route);
+            ctx.body = read.bytes;
+            return Ok(Routed::Mock);
+        }
+    }
     let (idx, default_model_used) = match rt.registry.lookup(&probe.model) {
         Some(i) => (i, false),
         None => match rt.registry.default_model() {
@@ -86,7 +98,7 @@ pub async fn route(
             None => {
                 let suggestions = rt
                     .registry
-                    .suggestions(&probe.model)
+                    .suggestions(&probe.model, &|i| rt.model_visible(access, i))
                     .into_iter()
                     .map(str::to_string)
                     .collect();
@@ -98,6 +110,11 @@ pub async fn route(
         },
     };
     let model = rt.registry.get(idx);
+    ctx.model_id = Some(model.id.clone());
+    // Authorised on the canonical id: an alias (or the default model) cannot bypass a pattern.
+    if !rt.auth.rbac.allows(access, &group, idx) {
+        return Ok(Routed::Denied(Refusal::ModelForbidden));
+    }
     let Some(target) = model
         .targets
         .iter()
@@ -131,4 +148,28 @@ pub async fn route(
     } else {
         Routed::Proxy
     })
+}
+
+/// `X-Test-Mode: true` (development): the mock answers, whatever the model.
+fn test_mode_route(
+    rt: &Runtime,
+    mock: ProviderId,
+    group: EndpointGroup,
+    model: &str,
+    stream: bool,
+) -> Route {
+    let name: Arc<str> = Arc::from(model);
+    Route {
+        group,
+        model_id: name.clone(),
+        default_model_used: false,
+        target: Target {
+            provider: mock,
+            provider_name: rt.provider(mock).name.clone(),
+            upstream_model: name,
+            timeouts: Timeouts::DEFAULT,
+        },
+        stream,
+        key_id: None,
+    }
 }

@@ -9,16 +9,25 @@
 
 use super::body::RETRY_BUFFER_LIMIT;
 use super::RequestCtx;
+use crate::auth::Principal;
 use bytes::Bytes;
 use pingora::proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
-/// What a relaying request hands to its subrequest.
+/// What a relaying request hands to its subrequest: the subrequest is the same request, already
+/// authenticated and audited.
 struct RelayInfo {
     request_id: String,
     body_len: usize,
+    principal: Principal,
+}
+
+/// What a subrequest inherits from the request it relays for.
+pub struct Relayed {
+    pub request_id: String,
+    pub principal: Principal,
 }
 
 /// Whether this request might need a subrequest: a body without a declared length.
@@ -32,7 +41,7 @@ pub fn may_need(session: &Session) -> bool {
 /// request this subrequest relays for, so that both log as one request. The subrequest starts
 /// from the client's raw header bytes (Pingora 0.9.1 `to_h1_raw`), so the chunked framing has to
 /// be replaced here, before its body is read, not in the relaying request.
-pub fn adopt_relay(session: &mut Session) -> pingora::Result<Option<String>> {
+pub fn adopt_relay(session: &mut Session) -> pingora::Result<Option<Relayed>> {
     let Some(info) = session
         .subrequest_ctx
         .as_ref()
@@ -41,12 +50,16 @@ pub fn adopt_relay(session: &mut Session) -> pingora::Result<Option<String>> {
     else {
         return Ok(None);
     };
-    let (request_id, len) = (info.request_id.clone(), info.body_len);
+    let relayed = Relayed {
+        request_id: info.request_id.clone(),
+        principal: info.principal.clone(),
+    };
+    let len = info.body_len;
     let h = session.req_header_mut();
     h.remove_header(&http::header::TRANSFER_ENCODING);
     h.remove_header(&http::header::EXPECT);
     h.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
-    Ok(Some(request_id))
+    Ok(Some(relayed))
 }
 
 /// Runs the request again as a subrequest with `body`, relaying its response to the client.
@@ -54,12 +67,14 @@ pub async fn relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
     body: Bytes,
+    principal: Principal,
 ) -> pingora::Result<()> {
     let sub_ctx = SubrequestCtx::builder()
         .body_mode(BodyMode::ExpectBody)
         .user_ctx(Box::new(RelayInfo {
             request_id: ctx.request_id.clone(),
             body_len: body.len(),
+            principal,
         }))
         .build();
     let Some(spawner) = session.subrequest_spawner.as_ref() else {

@@ -51,7 +51,6 @@ pub struct Registry {
     models: Vec<Model>,
     by_name: HashMap<Box<str>, ModelIdx>,
     default_model: Option<ModelIdx>,
-    models_list: Rendered,
     model_objects: Vec<Rendered>,
 }
 
@@ -106,13 +105,11 @@ impl Registry {
             .default_model
             .as_deref()
             .and_then(|d| by_name.get(d).copied());
-        let models_list = render::models_list(&models);
         let model_objects = models.iter().map(render::model_object).collect();
         Registry {
             models,
             by_name,
             default_model,
-            models_list,
             model_objects,
         }
     }
@@ -135,9 +132,15 @@ impl Registry {
         self.default_model
     }
 
-    /// `GET /v1/models`.
-    pub fn models_list(&self) -> &Rendered {
-        &self.models_list
+    /// `GET /v1/models`: the models `visible` admits.
+    pub fn render_models_list(&self, visible: &dyn Fn(ModelIdx) -> bool) -> Rendered {
+        render::models_list(
+            self.models
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| visible(ModelIdx(*i)))
+                .map(|(_, m)| m),
+        )
     }
 
     /// `GET /v1/models/{id}`.
@@ -145,17 +148,23 @@ impl Registry {
         &self.model_objects[idx.0]
     }
 
-    /// `GET /api/available-models`, given which models can be served now.
-    pub fn render_available(&self, servable: &[bool]) -> Rendered {
-        render::available_models(self, servable)
+    /// `GET /api/available-models`, given which models can be served now and which the
+    /// caller may see.
+    pub fn render_available(
+        &self,
+        servable: &[bool],
+        visible: &dyn Fn(ModelIdx) -> bool,
+    ) -> Rendered {
+        render::available_models(self, servable, visible)
     }
 
-    /// Up to three known ids close to `name`, best first.
-    pub fn suggestions(&self, name: &str) -> Vec<&str> {
+    /// Up to three ids close to `name` among those `visible` admits, best first.
+    pub fn suggestions(&self, name: &str, visible: &dyn Fn(ModelIdx) -> bool) -> Vec<&str> {
         suggest::closest(
             name,
             self.by_name
                 .iter()
+                .filter(|(_, idx)| visible(**idx))
                 .map(|(n, idx)| (n.as_ref(), self.models[idx.0].id.as_ref())),
             3,
         )

@@ -1,6 +1,6 @@
 //! The JSON bodies about models, rendered once per configuration with a strong ETag.
 
-use super::{Model, Registry};
+use super::{Model, ModelIdx, Registry};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::hash::{Hash, Hasher};
@@ -45,8 +45,8 @@ fn openai_model(m: &Model) -> Value {
     })
 }
 
-pub(super) fn models_list(models: &[Model]) -> Rendered {
-    let data: Vec<Value> = models.iter().map(openai_model).collect();
+pub(super) fn models_list<'a>(models: impl Iterator<Item = &'a Model>) -> Rendered {
+    let data: Vec<Value> = models.map(openai_model).collect();
     Rendered::new(&json!({ "object": "list", "data": data }))
 }
 
@@ -54,11 +54,16 @@ pub(super) fn model_object(m: &Model) -> Rendered {
     Rendered::new(&openai_model(m))
 }
 
-pub(super) fn available_models(reg: &Registry, servable: &[bool]) -> Rendered {
+pub(super) fn available_models(
+    reg: &Registry,
+    servable: &[bool],
+    visible: &dyn Fn(ModelIdx) -> bool,
+) -> Rendered {
     let data: Vec<Value> = reg
         .models
         .iter()
         .enumerate()
+        .filter(|(i, _)| visible(ModelIdx(*i)))
         .map(|(i, m)| {
             let providers: Vec<Value> = m
                 .targets
@@ -82,7 +87,10 @@ pub(super) fn available_models(reg: &Registry, servable: &[bool]) -> Rendered {
             })
         })
         .collect();
-    let default = reg.default_model.map(|d| reg.models[d.0].id.to_string());
+    let default = reg
+        .default_model
+        .filter(|d| visible(*d))
+        .map(|d| reg.models[d.0].id.to_string());
     Rendered::new(&json!({ "object": "list", "data": data, "default_model": default }))
 }
 

@@ -1,5 +1,5 @@
 //! The upstream manager: one background service that owns the periodic work of every pool
-//! (DNS refresh now). One service for all pools because Pingora fixes its services when
+//! (DNS refresh) and of the identity provider's JWKS. One service for all pools because Pingora fixes its services when
 //! `Server::run` starts, while pools come and go with configurations.
 
 use crate::runtime::Runtime;
@@ -67,6 +67,11 @@ impl BackgroundService for UpstreamManager {
                 }
             }
             due.retain(|k, _| live.contains(k));
+            if let Some(jwks) = rt.auth.jwks_url() {
+                if jwks.next_refresh() <= tokio::time::Instant::now() {
+                    jwks.refresh().await;
+                }
+            }
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(TICK) => {}

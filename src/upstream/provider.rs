@@ -67,6 +67,24 @@ impl Provider {
         })
     }
 
+    /// The mock that answers `X-Test-Mode` requests when the configuration has none.
+    pub fn builtin_mock(id: ProviderId) -> Provider {
+        Provider {
+            id,
+            name: Arc::from("test-mode"),
+            kind: ProviderKind::Mock,
+            endpoints: Vec::new(),
+            key: None,
+            keys_configured: 0,
+            extra_headers: Vec::new(),
+            anthropic_version: HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
+            timeouts: Timeouts::DEFAULT,
+            ca: None,
+            pool: None,
+            mock: Some(MockSpec::default()),
+        }
+    }
+
     /// Whether requests can be sent: the mock always; others need a resolved backend and, when
     /// keys are configured, a usable one.
     pub fn is_usable(&self) -> bool {

@@ -42,6 +42,12 @@ fn production_example_passes_when_its_variables_are_set() {
         ("GROQ_API_KEY", "gsk-d"),
         ("AZURE_OPENAI_API_KEY", "az-e"),
         ("AZURE_OPENAI_RESOURCE", "myres"),
+        ("OIDC_JWKS_URL", "https://idp.example.com/jwks.json"),
+        ("OIDC_ISSUER", "https://idp.example.com"),
+        (
+            "BILLING_SERVICE_KEY_SHA256",
+            "4203c5b18cd9d642d77d22d8a5a2fc6e7045bb6c999bf6c4d3e6e24ec29e69d5",
+        ),
     ];
     let (code, out, err) = check(&repo("conf/production.example.yaml"), &env);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");

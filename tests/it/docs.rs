@@ -7,9 +7,9 @@ fn read(p: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap()
 }
 
-/// Field names of the serde structs in src/config/schema.rs.
+/// Field names of the serde structs in src/config/schema.rs and src/config/auth.rs.
 fn schema_keys() -> Vec<String> {
-    let schema = read("src/config/schema.rs");
+    let schema = read("src/config/schema.rs") + &read("src/config/auth.rs");
     let mut keys: Vec<String> = schema
         .lines()
         .map(str::trim_start)

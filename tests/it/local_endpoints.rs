@@ -221,8 +221,16 @@ async fn shipped_default_config_serves_its_models() {
     let models =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/models.yaml")).unwrap();
     let gw = TestGateway::start_with(&text, &[("models.yaml", &models)], &[]);
+    let unauthenticated = client().get(gw.url("/v1/models")).send().await.unwrap();
+    assert_eq!(
+        unauthenticated.status(),
+        401,
+        "the shipped configuration requires credentials"
+    );
+    let token = gw.token("alice", &["user"]);
     let v: Value = client()
         .get(gw.url("/v1/models"))
+        .bearer_auth(&token)
         .send()
         .await
         .unwrap()

@@ -3,6 +3,8 @@
 
 mod common;
 
+mod auth;
+mod authz;
 mod bodies;
 mod check_config;
 mod docs;

@@ -28,7 +28,8 @@ async fn chat_goes_to_the_target_with_the_model_renamed() {
     assert_eq!(entry["path"], "/v1/chat/completions");
     assert_eq!(entry["model"], "gpt-4o-mini");
     assert_eq!(entry["provider"], "up");
-    assert_eq!(entry["key_id"], "k1");
+    assert_eq!(entry["provider_key_id"], "k1");
+    assert_eq!(entry["subject"], "anonymous");
     assert_eq!(entry["status"], 200);
     assert_eq!(entry["backend"], up.addr.to_string());
     assert!(entry["latency_ms"].as_f64().unwrap() > 0.0);

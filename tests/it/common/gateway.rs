@@ -95,6 +95,23 @@ impl TestGateway {
         }
     }
 
+    /// A token minted by `ultra-gateway token` for this gateway's configuration.
+    pub fn token(&self, sub: &str, roles: &[&str]) -> String {
+        let mut cmd = Command::new(binary());
+        cmd.args(["token", "--sub", sub, "--ttl", "1h", "-c"])
+            .arg(self.dir.path().join("ultra.yaml"));
+        for r in roles {
+            cmd.args(["--role", r]);
+        }
+        let out = cmd.output().expect("run token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     /// Sends a signal (`HUP`, `USR1`, `TERM`, ...) to the gateway process.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
@@ -114,14 +131,49 @@ impl TestGateway {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Access-log lines so far, parsed.
+    /// Access-log lines so far, parsed (stdout also carries the audit log by default).
     pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.stdout_json()
+            .into_iter()
+            .filter(|v| v.get("status").is_some())
+            .collect()
+    }
+
+    /// Audit-log lines so far (when `audit.path` is stdout, the default).
+    pub fn audit_log(&self) -> Vec<serde_json::Value> {
+        self.stdout_json()
+            .into_iter()
+            .filter(|v| v.get("outcome").is_some())
+            .collect()
+    }
+
+    fn stdout_json(&self) -> Vec<serde_json::Value> {
         self.access
             .lock()
             .unwrap()
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Waits (polling, with a deadline) for the audit line of `request_id`.
+    pub async fn audit_entry(&self, request_id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self
+                .audit_log()
+                .into_iter()
+                .find(|e| e["request_id"] == request_id)
+            {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit line for {request_id}: {}",
+                self.all_output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits (polling, with a deadline) for the access-log line of `request_id`.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod auth;
 pub mod gateway;
 pub mod raw;
 pub mod tls;

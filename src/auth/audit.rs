@@ -1,0 +1,60 @@
+//! The audit log: one JSON line per authentication/authorization decision, written off the
+//! request path. It never holds a token, a key or a secret: callers appear by subject and key
+//! id only.
+
+use crate::config::AuditOverflow;
+use crate::line_sink::{LineSink, QueueFull};
+use serde::Serialize;
+
+/// One decision.
+#[derive(Serialize)]
+pub struct AuditEntry<'a> {
+    pub ts: String,
+    pub request_id: &'a str,
+    /// `allow` or `deny`.
+    pub outcome: &'static str,
+    /// `ok` or the refusal's reason code (`expired`, `bad_signature`, `model_forbidden`, ...).
+    pub reason: &'static str,
+    pub subject: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    /// Roles the caller presented (a token's claim, an API key's configuration).
+    pub roles: &'a [String],
+    /// `jwt`, `api_key`, `anonymous` or `none`.
+    pub method: &'static str,
+    pub http_method: &'a str,
+    pub path: &'a str,
+    pub model: Option<&'a str>,
+    pub client: Option<String>,
+}
+
+/// The audit writer and its overflow policy.
+#[derive(Clone)]
+pub struct AuditLog {
+    sink: LineSink,
+    policy: AuditOverflow,
+}
+
+/// The line could not be queued and the policy is `reject`: the request must be refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MustReject;
+
+impl AuditLog {
+    /// `sink` counts its dropped lines (see `LineSink::on_drop`).
+    pub fn new(sink: LineSink, policy: AuditOverflow) -> AuditLog {
+        AuditLog { sink, policy }
+    }
+
+    pub fn record(&self, entry: &AuditEntry<'_>) -> Result<(), MustReject> {
+        match self.sink.try_write_json(entry) {
+            Ok(()) => Ok(()),
+            Err(QueueFull) => match self.policy {
+                AuditOverflow::Drop => Ok(()),
+                AuditOverflow::Reject => Err(MustReject),
+            },
+        }
+    }
+
+    pub fn sink(&self) -> &LineSink {
+        &self.sink
+    }
+}

@@ -1,0 +1,396 @@
+//! Who is calling: JWTs (`jwt`, `jwks`, `keys`, `cache`) and service API keys (`api_key`)
+//! become a `Principal`; roles (`rbac`) decide what it may reach; every decision is audited
+//! (`audit`). `dev_token` mints development tokens; `client_addr` finds the caller's address.
+
+pub mod api_key;
+pub mod audit;
+pub mod cache;
+pub mod client_addr;
+pub mod dev_token;
+pub mod jwks;
+pub mod jwt;
+pub mod keys;
+pub mod rbac;
+
+use crate::config::{AuthSection, Config, ConfigError, ConfigErrors};
+use crate::registry::Registry;
+use http::HeaderMap;
+use jsonwebtoken::Algorithm;
+use rbac::{Access, Rbac};
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub subject: Arc<str>,
+    /// The API key's id, for key callers.
+    pub key_id: Option<Arc<str>>,
+    pub access: Access,
+    /// Roles as presented (token claim or key configuration), for the audit log.
+    pub roles: Arc<[String]>,
+    /// `jwt`, `api_key` or `anonymous`.
+    pub method: &'static str,
+}
+
+/// Why a caller is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    MissingCredentials,
+    UnsupportedScheme,
+    MalformedToken,
+    TokenTooLarge,
+    AlgNone,
+    AlgNotAllowed,
+    BadSignature,
+    UnknownKid,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    MissingClaims,
+    InvalidApiKey,
+    ApiKeyExpired,
+    ApiKeyDisabled,
+    /// JWT keys are not loaded (the identity provider was unreachable).
+    AuthUnavailable,
+    NoKnownRoles,
+    EndpointForbidden,
+    ModelForbidden,
+}
+
+/// The HTTP class of a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// 401 `missing_credentials`.
+    Missing,
+    /// 401 `invalid_token`.
+    InvalidToken,
+    /// 401 `invalid_api_key`.
+    InvalidApiKey,
+    /// 403 `permission_denied`.
+    Forbidden,
+    /// 503 `auth_unavailable`.
+    Unavailable,
+}
+
+impl Refusal {
+    /// Reason code, as written in the audit log.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::MissingCredentials => "missing_credentials",
+            Refusal::UnsupportedScheme => "unsupported_scheme",
+            Refusal::MalformedToken => "malformed_token",
+            Refusal::TokenTooLarge => "token_too_large",
+            Refusal::AlgNone => "alg_none",
+            Refusal::AlgNotAllowed => "alg_not_allowed",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::UnknownKid => "unknown_kid",
+            Refusal::Expired => "expired",
+            Refusal::NotYetValid => "not_yet_valid",
+            Refusal::WrongIssuer => "wrong_issuer",
+            Refusal::WrongAudience => "wrong_audience",
+            Refusal::MissingClaims => "missing_claims",
+            Refusal::InvalidApiKey => "unknown_api_key",
+            Refusal::ApiKeyExpired => "api_key_expired",
+            Refusal::ApiKeyDisabled => "api_key_disabled",
+            Refusal::AuthUnavailable => "auth_unavailable",
+            Refusal::NoKnownRoles => "no_known_roles",
+            Refusal::EndpointForbidden => "endpoint_forbidden",
+            Refusal::ModelForbidden => "model_forbidden",
+        }
+    }
+
+    pub fn kind(self) -> RefusalKind {
+        match self {
+            Refusal::MissingCredentials => RefusalKind::Missing,
+            Refusal::InvalidApiKey | Refusal::ApiKeyExpired | Refusal::ApiKeyDisabled => {
+                RefusalKind::InvalidApiKey
+            }
+            Refusal::AuthUnavailable => RefusalKind::Unavailable,
+            Refusal::NoKnownRoles | Refusal::EndpointForbidden | Refusal::ModelForbidden => {
+                RefusalKind::Forbidden
+            }
+            _ => RefusalKind::InvalidToken,
+        }
+    }
+
+    /// What the caller is told: why, in general terms.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::MissingCredentials => {
+                "No credentials: send `Authorization: Bearer <token or API key>`."
+            }
+            Refusal::UnsupportedScheme => "Only the Bearer authorization scheme is accepted.",
+            Refusal::MalformedToken => "The bearer token is not a well-formed JWT.",
+            Refusal::TokenTooLarge => "The bearer token is larger than 8 KiB.",
+            Refusal::AlgNone | Refusal::AlgNotAllowed => {
+                "The token's signing algorithm is not accepted."
+            }
+            Refusal::BadSignature => "The token's signature is not valid.",
+            Refusal::UnknownKid => "The token was signed with a key this gateway does not know.",
+            Refusal::Expired => "The token has expired.",
+            Refusal::NotYetValid => "The token is not valid yet.",
+            Refusal::WrongIssuer => "The token's issuer is not accepted.",
+            Refusal::WrongAudience => "The token is not intended for this gateway (audience).",
+            Refusal::MissingClaims => "The token lacks a required claim.",
+            Refusal::InvalidApiKey => "The API key is not valid.",
+            Refusal::ApiKeyExpired => "The API key has expired.",
+            Refusal::ApiKeyDisabled => "The API key is disabled.",
+            Refusal::AuthUnavailable => {
+                "Token verification is temporarily unavailable. Try again later."
+            }
+            Refusal::NoKnownRoles => "None of your roles is known to this gateway.",
+            Refusal::EndpointForbidden => "Your roles do not allow this endpoint.",
+            Refusal::ModelForbidden => "Your roles do not allow this model.",
+        }
+    }
+}
+
+/// The compiled authentication and authorization of one configuration.
+#[derive(Debug)]
+pub struct Authenticator {
+    /// No `auth` section (development only): everyone is served as `anonymous`.
+    open: bool,
+    jwt: Option<jwt::JwtVerifier>,
+    api_keys: api_key::ApiKeys,
+    pub rbac: Rbac,
+}
+
+impl Authenticator {
+    /// Compiles `config.auth`: reads PEM and JWKS files, indexes key digests, compiles roles.
+    /// A JWKS URL is not fetched here (see `jwks::JwksUrl::refresh`).
+    pub fn compile(config: &Config, registry: &Registry) -> Result<Authenticator, ConfigErrors> {
+        let Some(auth) = &config.auth else {
+            return Ok(Authenticator {
+                open: true,
+                jwt: None,
+                api_keys: api_key::ApiKeys::default(),
+                rbac: Rbac::compile(&Default::default(), registry),
+            });
+        };
+        let mut errors = ConfigErrors::default();
+        let rbac = Rbac::compile(&auth.roles, registry);
+        let jwt = compile_jwt(config, auth, &mut errors);
+        let api_keys = api_key::ApiKeys::new(auth.api_keys.iter().filter_map(|k| {
+            Some((
+                Arc::from(k.id.as_str()),
+                api_key::parse_digest(&k.sha256)?,
+                rbac.role_set(k.roles.iter().map(String::as_str)),
+                k.expires_at.as_deref().and_then(crate::time::parse_rfc3339),
+                k.disabled,
+            ))
+        }));
+        errors.into_result(Authenticator {
+            open: false,
+            jwt,
+            api_keys,
+            rbac,
+        })
+    }
+
+    /// Whether this configuration checks credentials.
+    pub fn enforced(&self) -> bool {
+        !self.open
+    }
+
+    pub fn jwks_url(&self) -> Option<&Arc<jwks::JwksUrl>> {
+        self.jwt.as_ref().and_then(|j| j.jwks_url())
+    }
+
+    /// Authenticates a request by its headers. Role checks against the endpoint and model come
+    /// after (see `Rbac`).
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
+        if self.open {
+            return Ok(Principal {
+                subject: Arc::from("anonymous"),
+                key_id: None,
+                access: Access::All,
+                roles: Arc::from(Vec::new()),
+                method: "anonymous",
+            });
+        }
+        match credential(headers)? {
+            Credential::ApiKey(key) => {
+                let found = self
+                    .api_keys
+                    .check(key, crate::time::unix_now() as i64)
+                    .map_err(|r| match r {
+                        api_key::KeyRefusal::Unknown => Refusal::InvalidApiKey,
+                        api_key::KeyRefusal::Expired => Refusal::ApiKeyExpired,
+                        api_key::KeyRefusal::Disabled => Refusal::ApiKeyDisabled,
+                    })?;
+                if found.roles == 0 {
+                    return Err(Refusal::NoKnownRoles);
+                }
+                Ok(Principal {
+                    subject: found.id.clone(),
+                    key_id: Some(found.id.clone()),
+                    access: Access::Roles(found.roles),
+                    roles: self
+                        .rbac
+                        .names(found.roles)
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect(),
+                    method: "api_key",
+                })
+            }
+            Credential::Token(token) => {
+                let verifier = self.jwt.as_ref().ok_or(Refusal::BadSignature)?;
+                let v = verifier.verify(token).await?;
+                let set = self.rbac.role_set(v.roles.iter().map(String::as_str));
+                if set == 0 {
+                    return Err(Refusal::NoKnownRoles);
+                }
+                Ok(Principal {
+                    subject: v.subject,
+                    key_id: None,
+                    access: Access::Roles(set),
+                    roles: v.roles,
+                    method: "jwt",
+                })
+            }
+        }
+    }
+}
+
+enum Credential<'a> {
+    Token(&'a str),
+    ApiKey(&'a str),
+}
+
+/// `Authorization: Bearer <jwt | uk_ key>` or `x-api-key: <key>`.
+fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Refusal> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let v = v.to_str().map_err(|_| Refusal::MalformedToken)?.trim();
+        let (scheme, value) = v.split_once(' ').unwrap_or((v, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Refusal::UnsupportedScheme);
+        }
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(Refusal::MissingCredentials);
+        }
+        return Ok(if value.starts_with(api_key::KEY_PREFIX) {
+            Credential::ApiKey(value)
+        } else {
+            Credential::Token(value)
+        });
+    }
+    match headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    {
+        Some(k) if !k.is_empty() => Ok(Credential::ApiKey(k)),
+        _ => Err(Refusal::MissingCredentials),
+    }
+}
+
+fn compile_jwt(
+    config: &Config,
+    auth: &AuthSection,
+    errors: &mut ConfigErrors,
+) -> Option<jwt::JwtVerifier> {
+    let file = &config.file;
+    if auth.jwt.is_none() && !auth.test_tokens {
+        return None;
+    }
+    let default_jwt = crate::config::JwtSection {
+        algorithms: vec!["HS256".into()],
+        hmac_secret: None,
+        public_keys: Vec::new(),
+        jwks_file: None,
+        jwks_url: None,
+        jwks_refresh_seconds: 300,
+        issuer: None,
+        audience: None,
+        leeway_seconds: 30,
+        subject_claim: "sub".into(),
+        roles_claim: "roles".into(),
+        cache_entries: 10_000,
+    };
+    let j = auth.jwt.as_ref().unwrap_or(&default_jwt);
+    let mut algorithms: Vec<Algorithm> = j
+        .algorithms
+        .iter()
+        .filter_map(|a| Algorithm::from_str(a).ok())
+        .collect();
+    let mut keys = Vec::new();
+    if let Some(secret) = j.hmac_secret.as_deref().filter(|s| !s.is_empty()) {
+        keys.push(Arc::new(keys::VerifyKey {
+            kid: None,
+            family: jsonwebtoken::AlgorithmFamily::Hmac,
+            key: jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        }));
+    }
+    if auth.test_tokens {
+        keys.push(Arc::new(keys::VerifyKey {
+            kid: None,
+            family: jsonwebtoken::AlgorithmFamily::Hmac,
+            key: jsonwebtoken::DecodingKey::from_secret(dev_token::DEV_SECRET.as_bytes()),
+        }));
+        if !algorithms.contains(&Algorithm::HS256) {
+            algorithms.push(Algorithm::HS256);
+        }
+    }
+    for (i, p) in j.public_keys.iter().enumerate() {
+        let path = config.resolve_path(p);
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| keys::from_pem(&pem))
+        {
+            Ok(k) => keys.push(Arc::new(k)),
+            Err(msg) => errors.push(ConfigError::new(
+                file,
+                format!("auth.jwt.public_keys[{i}]"),
+                format!("{}: {msg}", path.display()),
+            )),
+        }
+    }
+    if let Some(p) = &j.jwks_file {
+        let path = config.resolve_path(p);
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| keys::from_jwks(&t))
+        {
+            Ok((ks, _)) if !ks.is_empty() => keys.extend(ks.into_iter().map(Arc::new)),
+            Ok(_) => errors.push(ConfigError::new(
+                file,
+                "auth.jwt.jwks_file",
+                "no usable signing key in the JWKS",
+            )),
+            Err(msg) => errors.push(ConfigError::new(
+                file,
+                "auth.jwt.jwks_file",
+                format!("{}: {msg}", path.display()),
+            )),
+        }
+    }
+    let jwks_url = match &j.jwks_url {
+        Some(url) => {
+            match jwks::JwksUrl::new(url, std::time::Duration::from_secs(j.jwks_refresh_seconds)) {
+                Ok(u) => Some(Arc::new(u)),
+                Err(msg) => {
+                    errors.push(ConfigError::new(file, "auth.jwt.jwks_url", msg));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let list =
+        |v: &Option<crate::config::OneOrMany>| v.as_ref().map(|o| o.0.clone()).unwrap_or_default();
+    Some(jwt::JwtVerifier::new(jwt::JwtSettings {
+        algorithms,
+        keys,
+        jwks_url,
+        issuer: list(&j.issuer),
+        audience: list(&j.audience),
+        leeway: j.leeway_seconds,
+        subject_claim: j.subject_claim.clone(),
+        roles_claim: j.roles_claim.clone(),
+        cache_entries: j.cache_entries,
+    }))
+}

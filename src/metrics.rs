@@ -1,0 +1,143 @@
+//! Every Prometheus metric, in one per-instance registry (no global statics: they would leak
+//! between configurations and tests). Names: `ultra_` prefix, base units, counters end in
+//! `_total`. No per-caller labels: label values come from the configuration (endpoint groups,
+//! provider names) or small fixed sets (status codes, reason codes).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets in seconds: LLM requests range from milliseconds to many minutes.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// The gateway's own overhead is expected in microseconds to milliseconds.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by endpoint group and response status.
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    /// Upstream exchange (request sent to response complete) by provider.
+    pub upstream_duration: HistogramVec,
+    /// Total time minus upstream time.
+    pub overhead: Histogram,
+    /// Authentication/authorization decisions by outcome and reason code.
+    pub auth_decisions: IntCounterVec,
+    pub audit_dropped: IntCounter,
+    pub access_log_dropped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "ultra_requests_total",
+                "Requests by endpoint group and status",
+            ),
+            &["endpoint", "status"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ultra_request_duration_seconds",
+                "Request latency, first byte in to last byte out",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ultra_upstream_duration_seconds",
+                "Upstream exchange duration by provider",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let overhead = Histogram::with_opts(
+            HistogramOpts::new(
+                "ultra_gateway_overhead_seconds",
+                "Request time not spent waiting for the upstream",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let auth_decisions = IntCounterVec::new(
+            Opts::new(
+                "ultra_auth_decisions_total",
+                "Authentication and authorization decisions",
+            ),
+            &["outcome", "reason"],
+        )
+        .expect("valid metric");
+        let audit_dropped = IntCounter::new(
+            "ultra_audit_dropped_total",
+            "Audit lines dropped because the audit queue was full",
+        )
+        .expect("valid metric");
+        let access_log_dropped = IntCounter::new(
+            "ultra_access_log_dropped_total",
+            "Access-log lines dropped because the queue was full",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(overhead.clone()),
+            Box::new(auth_decisions.clone()),
+            Box::new(audit_dropped.clone()),
+            Box::new(access_log_dropped.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            overhead,
+            auth_decisions,
+            audit_dropped,
+            access_log_dropped,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["chat", "200"]).inc();
+        m.audit_dropped.inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("ultra_requests_total{endpoint=\"chat\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("ultra_audit_dropped_total 1"));
+    }
+}

@@ -1,0 +1,448 @@
+//! Authentication: every refusal of a JWT, the accepted algorithms and key kinds, JWKS URLs
+//! (rotation, floods of unknown kids, an identity provider that is down), service API keys.
+
+use crate::common::auth::*;
+use crate::common::*;
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+
+async fn get_models(gw: &TestGateway, auth: Option<(&str, &str)>) -> reqwest::Response {
+    let mut req = client().get(gw.url("/v1/models"));
+    if let Some((name, value)) = auth {
+        req = req.header(name, value);
+    }
+    req.send().await.unwrap()
+}
+
+async fn bearer(gw: &TestGateway, token: &str) -> reqwest::Response {
+    get_models(gw, Some(("authorization", &format!("Bearer {token}")))).await
+}
+
+fn start() -> TestGateway {
+    let files = key_files();
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    TestGateway::start_with(&auth_config("http://127.0.0.1:9", ""), &files, &[])
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_token_is_refused_with_a_reason() {
+    let gw = start();
+    let good = claims("alice", &["user"]);
+    let mut expired = good.clone();
+    expired["exp"] = json!(now() - 60);
+    let mut early = good.clone();
+    early["nbf"] = json!(now() + 600);
+    let mut wrong_iss = good.clone();
+    wrong_iss["iss"] = json!("https://evil.test");
+    let mut wrong_aud = good.clone();
+    wrong_aud["aud"] = json!("someone-else");
+    let mut no_sub = good.clone();
+    no_sub.as_object_mut().unwrap().remove("sub");
+    let mut no_exp = good.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let mut huge = good.clone();
+    huge["pad"] = json!("x".repeat(9000));
+    let rsa_public = fixture("rsa_public.pem");
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("malformed", "not-a-jwt".into(), "malformed_token"),
+        ("two parts", "abc.def".into(), "malformed_token"),
+        ("garbage", "a.b.c".into(), "malformed_token"),
+        (
+            "alg none",
+            raw_token(&json!({"alg": "none", "typ": "JWT"}), &good, ""),
+            "alg_none",
+        ),
+        (
+            "alg None",
+            raw_token(&json!({"alg": "None"}), &good, ""),
+            "alg_none",
+        ),
+        (
+            "alg off the list",
+            sign(Algorithm::HS512, None, &good, Signer::Hmac(HS_SECRET)),
+            "alg_not_allowed",
+        ),
+        (
+            "alg unknown",
+            raw_token(&json!({"alg": "XX999"}), &good, "sig"),
+            "alg_not_allowed",
+        ),
+        (
+            "HS256 keyed with the RSA public key",
+            sign(Algorithm::HS256, None, &good, Signer::Hmac(&rsa_public)),
+            "bad_signature",
+        ),
+        (
+            "wrong HMAC secret",
+            sign(
+                Algorithm::HS256,
+                None,
+                &good,
+                Signer::Hmac("another-secret-another-secret-123"),
+            ),
+            "bad_signature",
+        ),
+        (
+            "RS256 by an unknown key",
+            sign(Algorithm::RS256, None, &good, Signer::Rsa2),
+            "bad_signature",
+        ),
+        (
+            "tampered payload",
+            {
+                let t = hs_token("alice", &["user"]);
+                let parts: Vec<&str> = t.split('.').collect();
+                raw_token(
+                    &json!({"alg": "HS256", "typ": "JWT"}),
+                    &claims("mallory", &["admin"]),
+                    parts[2],
+                )
+            },
+            "bad_signature",
+        ),
+        (
+            "unknown kid",
+            sign(Algorithm::RS256, Some("nope"), &good, Signer::Rsa2),
+            "bad_signature",
+        ),
+        (
+            "expired",
+            sign(Algorithm::HS256, None, &expired, Signer::Hmac(HS_SECRET)),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            sign(Algorithm::HS256, None, &early, Signer::Hmac(HS_SECRET)),
+            "not_yet_valid",
+        ),
+        (
+            "wrong issuer",
+            sign(Algorithm::HS256, None, &wrong_iss, Signer::Hmac(HS_SECRET)),
+            "wrong_issuer",
+        ),
+        (
+            "wrong audience",
+            sign(Algorithm::HS256, None, &wrong_aud, Signer::Hmac(HS_SECRET)),
+            "wrong_audience",
+        ),
+        (
+            "no subject",
+            sign(Algorithm::HS256, None, &no_sub, Signer::Hmac(HS_SECRET)),
+            "missing_claims",
+        ),
+        (
+            "no exp",
+            sign(Algorithm::HS256, None, &no_exp, Signer::Hmac(HS_SECRET)),
+            "missing_claims",
+        ),
+        (
+            "over 8 KiB",
+            sign(Algorithm::HS256, None, &huge, Signer::Hmac(HS_SECRET)),
+            "token_too_large",
+        ),
+    ];
+    let mut messages = std::collections::HashSet::new();
+    for (label, token, reason) in &cases {
+        let r = bearer(&gw, token).await;
+        assert_eq!(r.status(), 401, "{label}");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"ultra-gateway\", error=\"invalid_token\"",
+            "{label}"
+        );
+        let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "authentication_error", "{label}");
+        assert_eq!(v["error"]["code"], "invalid_token", "{label}");
+        messages.insert(v["error"]["message"].as_str().unwrap().to_string());
+        let audit = gw.audit_entry(&rid).await;
+        assert_eq!(audit["outcome"], "deny", "{label}");
+        assert_eq!(audit["reason"], *reason, "{label}");
+    }
+    assert!(messages.len() >= 8, "reasons are told apart: {messages:?}");
+
+    let r = get_models(&gw, None).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"ultra-gateway\""
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "missing_credentials"
+    );
+    let r = get_models(
+        &gw,
+        Some(("authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l")),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn every_key_kind_and_algorithm_is_accepted() {
+    let gw = start();
+    let c = claims("alice", &["user"]);
+    let tokens = [
+        (
+            "HS256",
+            sign(Algorithm::HS256, None, &c, Signer::Hmac(HS_SECRET)),
+        ),
+        ("RS256", sign(Algorithm::RS256, None, &c, Signer::Rsa)),
+        (
+            "RS256 with a kid",
+            sign(Algorithm::RS256, Some("any"), &c, Signer::Rsa),
+        ),
+        ("ES256", sign(Algorithm::ES256, None, &c, Signer::Ec)),
+        ("EdDSA", sign(Algorithm::EdDSA, None, &c, Signer::Ed)),
+    ];
+    for (label, t) in &tokens {
+        let r = bearer(&gw, t).await;
+        assert_eq!(r.status(), 200, "{label}: {:?}", r.text().await);
+    }
+    // Cached: the same RS256 token again.
+    assert_eq!(bearer(&gw, &tokens[1].1).await.status(), 200);
+    // Within the leeway.
+    let mut recent = c.clone();
+    recent["exp"] = json!(now() - 2);
+    assert_eq!(
+        bearer(
+            &gw,
+            &sign(Algorithm::HS256, None, &recent, Signer::Hmac(HS_SECRET))
+        )
+        .await
+        .status(),
+        200
+    );
+    // Lowercase scheme.
+    let r = get_models(
+        &gw,
+        Some(("authorization", &format!("bearer {}", tokens[0].1))),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn roles_from_a_nested_claim_and_a_single_string() {
+    let extra_jwt = "    subject_claim: preferred_username\n    roles_claim: realm_access.roles\n";
+    let cfg = auth_config("http://127.0.0.1:9", "").replace(
+        "    leeway_seconds: 5\n",
+        &format!("    leeway_seconds: 5\n{extra_jwt}"),
+    );
+    let files = key_files();
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let gw = TestGateway::start_with(&cfg, &files, &[]);
+    let mut c = claims("ignored", &[]);
+    c["preferred_username"] = json!("kc-user");
+    c["realm_access"] = json!({"roles": ["offline_access", "user"]});
+    let r = bearer(
+        &gw,
+        &sign(Algorithm::HS256, None, &c, Signer::Hmac(HS_SECRET)),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(gw.audit_entry(&rid).await["subject"], "kc-user");
+    c["realm_access"] = json!({"roles": "user"});
+    assert_eq!(
+        bearer(
+            &gw,
+            &sign(Algorithm::HS256, None, &c, Signer::Hmac(HS_SECRET))
+        )
+        .await
+        .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn api_keys_in_both_headers_and_their_refusals() {
+    let gw = start();
+    for r in [
+        get_models(&gw, Some(("authorization", &format!("Bearer {USER_KEY}")))).await,
+        get_models(&gw, Some(("x-api-key", USER_KEY))).await,
+    ] {
+        assert_eq!(r.status(), 200);
+        let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let a = gw.audit_entry(&rid).await;
+        assert_eq!(a["method"], "api_key");
+        assert_eq!(a["key_id"], "billing");
+        assert_eq!(a["roles"], json!(["service"]));
+    }
+    let cases = [
+        (
+            "uk_wrong_key_0000000000000000000000000000",
+            "unknown_api_key",
+        ),
+        (EXPIRED_KEY, "api_key_expired"),
+        (DISABLED_KEY, "api_key_disabled"),
+    ];
+    for (key, reason) in cases {
+        for header in ["authorization", "x-api-key"] {
+            let value = if header == "authorization" {
+                format!("Bearer {key}")
+            } else {
+                key.to_string()
+            };
+            let r = get_models(&gw, Some((header, &value))).await;
+            assert_eq!(r.status(), 401, "{reason} via {header}");
+            let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "invalid_api_key");
+            assert_eq!(gw.audit_entry(&rid).await["reason"], reason);
+        }
+    }
+}
+
+/// A JWKS server whose document the test can change, counting its fetches.
+async fn jwks_server(initial: Value) -> (MockUpstream, std::sync::Arc<std::sync::Mutex<Value>>) {
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(initial));
+    let d = doc.clone();
+    let up = MockUpstream::start(move |_| Reply::Json(200, d.lock().unwrap().clone())).await;
+    (up, doc)
+}
+
+fn jwks_config(url: &str) -> String {
+    format!(
+        "logging: {{ level: warn }}
+auth:
+  jwt: {{ algorithms: [RS256], jwks_url: '{url}/jwks.json', issuer: {ISSUER}, audience: {AUDIENCE} }}
+  api_keys: [{{ id: svc, sha256: '{}', roles: [user] }}]
+  roles: {{ user: {{ models: ['*'], endpoints: ['*'] }} }}
+providers: {{ m: {{ kind: mock }} }}
+models: [{{ id: m1, targets: [{{ provider: m }}] }}]
+",
+        digest(USER_KEY)
+    )
+}
+
+// Multi-threaded: the gateway fetches the JWKS from this test's server while the test thread
+// waits for it to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_rotation_is_picked_up_and_a_kid_flood_costs_one_fetch() {
+    let jwks_a: Value = serde_json::from_str(&fixture("jwks_a.json")).unwrap();
+    let jwks_ab: Value = serde_json::from_str(&fixture("jwks_ab.json")).unwrap();
+    let (idp, doc) = jwks_server(jwks_a).await;
+    let gw = TestGateway::start(&jwks_config(&idp.url()));
+    let c = claims("alice", &["user"]);
+    assert_eq!(idp.received().len(), 1, "fetched once at start");
+    assert_eq!(
+        bearer(&gw, &sign(Algorithm::RS256, Some("key-a"), &c, Signer::Rsa))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(idp.received().len(), 1);
+
+    // The identity provider rotates in key-b: its first token triggers one fetch.
+    *doc.lock().unwrap() = jwks_ab;
+    assert_eq!(
+        bearer(
+            &gw,
+            &sign(Algorithm::RS256, Some("key-b"), &c, Signer::Rsa2)
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(idp.received().len(), 2);
+
+    // A flood of random kids within 30 s of that fetch: no more fetches.
+    for i in 0..25 {
+        let r = bearer(
+            &gw,
+            &sign(
+                Algorithm::RS256,
+                Some(&format!("random-{i}")),
+                &c,
+                Signer::Rsa2,
+            ),
+        )
+        .await;
+        assert_eq!(r.status(), 401);
+        let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(gw.audit_entry(&rid).await["reason"], "unknown_kid");
+    }
+    assert_eq!(
+        idp.received().len(),
+        2,
+        "a kid flood cannot hammer the identity provider"
+    );
+    assert!(idp
+        .received()
+        .iter()
+        .all(|r| r.method == "GET" && r.path == "/jwks.json"));
+}
+
+#[tokio::test]
+async fn identity_provider_down_at_start_then_recovering() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let gw = TestGateway::start(&jwks_config(&url));
+    let c = claims("alice", &["user"]);
+    let token = sign(Algorithm::RS256, Some("key-a"), &c, Signer::Rsa);
+
+    let r = bearer(&gw, &token).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "auth_unavailable"
+    );
+    assert_eq!(
+        get_models(&gw, Some(("x-api-key", USER_KEY)))
+            .await
+            .status(),
+        200,
+        "API keys keep working"
+    );
+    let ready = client().get(gw.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let v: Value = ready.json().await.unwrap();
+    assert_eq!(v["checks"]["jwks"]["loaded"], false);
+    assert!(v["checks"]["jwks"]["error"].as_str().is_some());
+
+    // The identity provider comes up on that port; the gateway's retry loads the keys.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_str(&fixture("jwks_a.json")).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let body = serde_json::to_vec(&doc).unwrap();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if client()
+            .get(gw.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "keys never loaded");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(bearer(&gw, &token).await.status(), 200);
+}
