@@ -3,6 +3,7 @@
 
 mod common;
 
+mod audit;
 mod auth;
 mod authz;
 mod bodies;
@@ -13,6 +14,7 @@ mod headers;
 mod local_endpoints;
 mod mock_provider;
 mod paths;
+mod production;
 mod routing;
 mod streaming;
 mod tls_upstream;

@@ -34,6 +34,17 @@ impl TestGateway {
 
     /// Starts a gateway with extra files written next to the config and extra environment.
     pub fn start_with(config: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> TestGateway {
+        Self::start_opts(config, files, env, true)
+    }
+
+    /// Like `start_with`; with `drain_stdout: false` nobody reads the gateway's stdout, so its
+    /// pipe fills up (to back up a log writer).
+    pub fn start_opts(
+        config: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+        drain_stdout: bool,
+    ) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ultra.yaml");
         std::fs::write(&path, config).expect("write config");
@@ -57,11 +68,15 @@ impl TestGateway {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout");
         let a = access.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                a.lock().unwrap().push(line);
-            }
-        });
+        if drain_stdout {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    a.lock().unwrap().push(line);
+                }
+            });
+        } else {
+            std::mem::forget(stdout);
+        }
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().expect("stderr");
         let l = logs.clone();
@@ -213,6 +228,10 @@ impl Drop for TestGateway {
 }
 
 fn parse_listen(line: &str) -> Option<SocketAddr> {
+    // JSON logs (production) or text logs (development).
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        return v["listen"].as_str()?.parse().ok();
+    }
     let rest = line.split("listen=").nth(1)?;
     rest.split_whitespace()
         .next()?
