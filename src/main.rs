@@ -1,4 +1,4 @@
-//! The `ultra-gateway` command line: `run` (the default) and `check-config`.
+//! The `ultra-gateway` command line: `run` (the default), `check-config`, `token`, `hash-key`.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -144,7 +144,7 @@ fn check_config(path: &Path) -> ExitCode {
                 path.display(),
                 c.mode.as_str(),
                 plural(rt.registry.models().len(), "model"),
-                plural(rt.providers.len(), "provider")
+                plural(c.providers.len(), "provider")
             );
             ExitCode::SUCCESS
         }
@@ -195,6 +195,9 @@ fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> ExitC
     let roles_claim = jwt
         .map(|j| j.roles_claim.clone())
         .unwrap_or_else(|| "roles".into());
+    let subject_claim = jwt
+        .map(|j| j.subject_claim.clone())
+        .unwrap_or_else(|| "sub".into());
     let request = auth::dev_token::TokenRequest {
         subject: sub,
         roles,
@@ -203,6 +206,7 @@ fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> ExitC
         issuer: Some(&issuer),
         audience: audience.as_deref(),
         roles_claim: &roles_claim,
+        subject_claim: &subject_claim,
     };
     match auth::dev_token::mint(&request) {
         Ok(t) => {
@@ -230,6 +234,12 @@ fn hash_key(stdin: bool, id: &str, roles: &[String]) -> ExitCode {
         auth::api_key::generate()
     };
     let digest = auth::api_key::to_hex(&auth::api_key::sha256(key.as_bytes()));
+    if !key.starts_with(auth::api_key::KEY_PREFIX) {
+        eprintln!(
+            "warning: this key does not start with `{}`: it will only be accepted in `x-api-key`, not as `Authorization: Bearer` (what the OpenAI SDKs send)",
+            auth::api_key::KEY_PREFIX
+        );
+    }
     let roles = if roles.is_empty() {
         vec!["service".to_string()]
     } else {

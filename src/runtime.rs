@@ -199,6 +199,11 @@ impl Runtime {
                 None
             }
         };
+        if let Some(a) = &config.auth {
+            if a.jwt.is_none() && a.api_keys.is_empty() && !a.test_tokens {
+                warnings.push("`auth` has no jwt, no api_keys and test_tokens is off: every request except /health and /ready will be refused".into());
+            }
+        }
         if config.auth.is_none() {
             warnings.push(
                 "no `auth` section: every caller is served as `anonymous` with access to everything (development only; production refuses this)"

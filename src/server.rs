@@ -67,6 +67,12 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
     let bound = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    if config.auth.as_ref().is_some_and(|a| a.test_tokens) && !bound.ip().is_loopback() {
+        tracing::warn!(
+            listen = %bound,
+            "auth.test_tokens is on and the gateway listens beyond loopback: the development secret is public, so anyone who can reach this address can mint tokens with any role"
+        );
+    }
 
     let access_dest = match config.logging.access_log.as_str() {
         d @ ("stdout" | "stderr" | "off") => d.to_string(),

@@ -62,6 +62,12 @@ impl TokenCache {
         shard.insert(key, v);
     }
 
+    pub fn clear(&self) {
+        for s in &self.shards {
+            s.lock().clear();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }

@@ -21,6 +21,8 @@ pub struct TokenRequest<'a> {
     pub audience: Option<&'a str>,
     /// Name of the roles claim (dotted paths nest).
     pub roles_claim: &'a str,
+    /// Name of the subject claim (dotted paths nest); `sub` is always set too.
+    pub subject_claim: &'a str,
 }
 
 /// Signs a token valid from now for `ttl_seconds`.
@@ -34,25 +36,30 @@ pub fn mint(r: &TokenRequest<'_>) -> Result<String, String> {
     if let Some(aud) = r.audience {
         claims["aud"] = json!(aud);
     }
-    // Nest the roles under a dotted claim path (`realm_access.roles`).
-    let mut slot = &mut claims;
-    let path: Vec<&str> = r.roles_claim.split('.').collect();
-    for (i, part) in path.iter().enumerate() {
-        if i + 1 == path.len() {
-            slot[*part] = json!(r.roles);
-        } else {
-            if !slot[*part].is_object() {
-                slot[*part] = json!({});
-            }
-            slot = &mut slot[*part];
-        }
-    }
+    set_path(&mut claims, r.roles_claim, json!(r.roles));
+    set_path(&mut claims, r.subject_claim, json!(r.subject));
     encode(
         &Header::default(),
         &claims,
         &EncodingKey::from_secret(r.secret.as_bytes()),
     )
     .map_err(|e| format!("cannot sign the token: {e}"))
+}
+
+/// Sets a dotted claim path (`realm_access.roles`), creating the objects on the way.
+fn set_path(claims: &mut serde_json::Value, path: &str, value: serde_json::Value) {
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut slot = claims;
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            slot[*part] = value;
+            return;
+        }
+        if !slot[*part].is_object() {
+            slot[*part] = json!({});
+        }
+        slot = &mut slot[*part];
+    }
 }
 
 /// Parses a duration such as `90s`, `15m`, `1h`, `7d` (a bare number is seconds).
@@ -99,6 +106,7 @@ mod tests {
             issuer: Some(DEV_ISSUER),
             audience: None,
             roles_claim: "realm_access.roles",
+            subject_claim: "preferred_username",
         })
         .unwrap();
         let claims: serde_json::Value =
@@ -107,5 +115,7 @@ mod tests {
                 .claims;
         assert_eq!(claims["realm_access"]["roles"], json!(["user"]));
         assert_eq!(claims["iss"], DEV_ISSUER);
+        assert_eq!(claims["preferred_username"], "alice");
+        assert_eq!(claims["sub"], "alice");
     }
 }

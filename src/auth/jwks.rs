@@ -30,6 +30,9 @@ pub struct JwksUrl {
     /// One fetch at a time; callers that waited see its result.
     fetching: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
+    /// Bumped whenever the key set changes, so verified-token caches can forget tokens of
+    /// removed keys.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for JwksUrl {
@@ -45,6 +48,7 @@ impl JwksUrl {
     pub fn new(url: &str, refresh_every: Duration) -> Result<JwksUrl, String> {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
         Ok(JwksUrl {
@@ -58,6 +62,7 @@ impl JwksUrl {
             last_kid_fetch: parking_lot::Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -89,6 +94,11 @@ impl JwksUrl {
     /// Why the last fetch failed, if it did.
     pub fn last_error(&self) -> Option<Arc<String>> {
         self.last_error.load_full()
+    }
+
+    /// Changes whenever the key set is replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Fetches attempted so far.
@@ -124,6 +134,7 @@ impl JwksUrl {
                 tracing::info!(url = %self.url, keys = keys.len(), skipped, "JWKS loaded");
                 self.keys
                     .store(Arc::new(keys.into_iter().map(Arc::new).collect()));
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 self.loaded.store(true, Ordering::Release);
                 self.last_error.store(None);
             }
@@ -135,22 +146,27 @@ impl JwksUrl {
     }
 
     async fn fetch_keys(&self) -> Result<(Vec<VerifyKey>, usize), String> {
-        let resp = self
+        // Errors leave the URL out: it can carry credentials, and /ready shows them.
+        let mut resp = self
             .client
             .get(&self.url)
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| format!("request failed: {e}"))?;
+            .map_err(|e| format!("request failed: {}", e.without_url()))?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
-        let body = resp
-            .bytes()
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| format!("reading the body: {e}"))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err("JWKS document larger than 1 MiB".into());
+            .map_err(|e| format!("reading the body: {}", e.without_url()))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err("JWKS document larger than 1 MiB".into());
+            }
+            body.extend_from_slice(&chunk);
         }
         let (keys, skipped) = keys::from_jwks(&body)?;
         if keys.is_empty() {

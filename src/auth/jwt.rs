@@ -40,6 +40,8 @@ pub struct JwtVerifier {
     roles_path: Vec<String>,
     leeway: u64,
     cache: TokenCache,
+    /// The JWKS generation the cache was filled under.
+    cache_generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -95,6 +97,7 @@ impl JwtVerifier {
             roles_path: s.roles_claim.split('.').map(str::to_string).collect(),
             leeway: s.leeway,
             cache: TokenCache::new(s.cache_entries),
+            cache_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -118,6 +121,17 @@ impl JwtVerifier {
         let family = alg.family();
         let cacheable = family != AlgorithmFamily::Hmac;
         let digest = cacheable.then(|| super::api_key::sha256(token.as_bytes()));
+        if let Some(j) = &self.jwks_url {
+            // A key removed from the JWKS takes its verified tokens with it.
+            let g = j.generation();
+            if self
+                .cache_generation
+                .swap(g, std::sync::atomic::Ordering::AcqRel)
+                != g
+            {
+                self.cache.clear();
+            }
+        }
         if let Some(d) = &digest {
             if let Some(hit) = self.cache.get(d, unix_now(), self.leeway) {
                 return Ok(hit);
@@ -191,7 +205,13 @@ impl JwtVerifier {
                     exact
                 }
             }
-            None => all.into_iter().cloned().collect(),
+            // Without a kid, only keys without one: a JWKS (whose keys have kids) is not
+            // searched key by key, which would cost one signature check per key.
+            None => all
+                .into_iter()
+                .filter(|k| k.kid.is_none())
+                .cloned()
+                .collect(),
         }
     }
 

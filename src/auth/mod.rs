@@ -49,6 +49,8 @@ pub enum Refusal {
     WrongIssuer,
     WrongAudience,
     MissingClaims,
+    /// A JWT sent to a configuration that accepts none.
+    JwtNotAccepted,
     InvalidApiKey,
     ApiKeyExpired,
     ApiKeyDisabled,
@@ -91,6 +93,7 @@ impl Refusal {
             Refusal::WrongIssuer => "wrong_issuer",
             Refusal::WrongAudience => "wrong_audience",
             Refusal::MissingClaims => "missing_claims",
+            Refusal::JwtNotAccepted => "jwt_not_accepted",
             Refusal::InvalidApiKey => "unknown_api_key",
             Refusal::ApiKeyExpired => "api_key_expired",
             Refusal::ApiKeyDisabled => "api_key_disabled",
@@ -134,6 +137,7 @@ impl Refusal {
             Refusal::WrongIssuer => "The token's issuer is not accepted.",
             Refusal::WrongAudience => "The token is not intended for this gateway (audience).",
             Refusal::MissingClaims => "The token lacks a required claim.",
+            Refusal::JwtNotAccepted => "This gateway accepts API keys only, not JWTs.",
             Refusal::InvalidApiKey => "The API key is not valid.",
             Refusal::ApiKeyExpired => "The API key has expired.",
             Refusal::ApiKeyDisabled => "The API key is disabled.",
@@ -198,8 +202,9 @@ impl Authenticator {
         self.jwt.as_ref().and_then(|j| j.jwks_url())
     }
 
-    /// Authenticates a request by its headers. Role checks against the endpoint and model come
-    /// after (see `Rbac`).
+    /// Authenticates a request by its headers. Role checks come after (see `Rbac`); a caller
+    /// none of whose roles is known is authenticated with `Access::Roles(0)`, so that its
+    /// refusal (`NoKnownRoles`) is audited with its subject and roles.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
         if self.open {
             return Ok(Principal {
@@ -220,9 +225,6 @@ impl Authenticator {
                         api_key::KeyRefusal::Expired => Refusal::ApiKeyExpired,
                         api_key::KeyRefusal::Disabled => Refusal::ApiKeyDisabled,
                     })?;
-                if found.roles == 0 {
-                    return Err(Refusal::NoKnownRoles);
-                }
                 Ok(Principal {
                     subject: found.id.clone(),
                     key_id: Some(found.id.clone()),
@@ -237,12 +239,9 @@ impl Authenticator {
                 })
             }
             Credential::Token(token) => {
-                let verifier = self.jwt.as_ref().ok_or(Refusal::BadSignature)?;
+                let verifier = self.jwt.as_ref().ok_or(Refusal::JwtNotAccepted)?;
                 let v = verifier.verify(token).await?;
                 let set = self.rbac.role_set(v.roles.iter().map(String::as_str));
-                if set == 0 {
-                    return Err(Refusal::NoKnownRoles);
-                }
                 Ok(Principal {
                     subject: v.subject,
                     key_id: None,

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-/// `development` (the default) or `production`. Today the mode picks the log format (text or JSON
-/// lines); production's refusal of unsafe settings arrives with authentication.
+/// `development` (the default) or `production`, which refuses unsafe settings (no `auth`, test
+/// tokens, weak HMAC secrets, mock providers, empty keys, ...) and uses JSON logs by default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -72,8 +72,8 @@ impl Default for ServerSection {
 pub struct ExtraPath {
     /// The client path, starting with `/v1/`.
     pub path: String,
-    /// Endpoint group name for role-based access control (not enforced yet). Default: the
-    /// path's last segment.
+    /// Endpoint group name that roles grant (`auth.roles.*.endpoints`). Default: the path's
+    /// last segment.
     #[serde(default)]
     pub group: Option<String>,
 }

@@ -84,6 +84,7 @@ pub fn validate_auth(c: &Config, errors: &mut Vec<ConfigError>) {
     }
 
     let mut ids = HashSet::new();
+    let mut digests = HashSet::new();
     for (i, k) in auth.api_keys.iter().enumerate() {
         let p = format!("auth.api_keys[{i}]");
         if k.id.trim().is_empty() {
@@ -99,11 +100,24 @@ pub fn validate_auth(c: &Config, errors: &mut Vec<ConfigError>) {
                 "duplicate API key id",
             ));
         }
-        if api_key::parse_digest(&k.sha256).is_none() {
-            errors.push(ConfigError::new(
+        match api_key::parse_digest(&k.sha256) {
+            None => errors.push(ConfigError::new(
                 file,
                 format!("{p}.sha256"),
                 "expected 64 hex characters (print one with `ultra-gateway hash-key`)",
+            )),
+            Some(d) if !digests.insert(d) => errors.push(ConfigError::new(
+                file,
+                format!("{p}.sha256"),
+                "the same key digest is configured twice",
+            )),
+            Some(_) => {}
+        }
+        if k.roles.is_empty() {
+            errors.push(ConfigError::new(
+                file,
+                format!("{p}.roles"),
+                "a key without roles is refused on every request: give it at least one role",
             ));
         }
         for (j, r) in k.roles.iter().enumerate() {
@@ -221,6 +235,22 @@ pub fn validate_production(c: &Config, errors: &mut Vec<ConfigError>) {
                 refuse(
                     "auth.test_tokens".into(),
                     "test tokens are for development (set it to false)",
+                );
+            }
+            if a.jwt
+                .as_ref()
+                .and_then(|j| j.jwks_url.as_deref())
+                .is_some_and(|u| !u.starts_with("https://"))
+            {
+                refuse(
+                    "auth.jwt.jwks_url".into(),
+                    "keys fetched over plain http:// can be replaced in transit (use https://)",
+                );
+            }
+            if !a.api_keys.is_empty() && a.roles.is_empty() {
+                refuse(
+                    "auth.roles".into(),
+                    "API keys are configured but no role is",
                 );
             }
             if let Some(s) = a.jwt.as_ref().and_then(|j| j.hmac_secret.as_deref()) {

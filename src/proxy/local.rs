@@ -117,9 +117,9 @@ fn ready(rt: &Runtime, request_id: &str) -> LocalResponse {
     // JWT callers cannot be served until the identity provider's keys are loaded.
     let jwks = rt.auth.jwks_url().map(|j| {
         if j.loaded() {
-            json!({ "url": j.url(), "loaded": true })
+            json!({ "loaded": true })
         } else {
-            json!({ "url": j.url(), "loaded": false, "error": j.last_error().map(|e| e.to_string()) })
+            json!({ "loaded": false, "error": j.last_error().map(|e| e.to_string()) })
         }
     });
     let jwks_ok = rt.auth.jwks_url().is_none_or(|j| j.loaded());

@@ -95,20 +95,7 @@ impl Gateway {
             .auth_decisions
             .with_label_values(&[outcome, reason])
             .inc();
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let forwarded = session
-            .req_header()
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let client = ctx
-            .rt
-            .as_ref()
-            .and_then(|rt| rt.trusted_proxies.client(peer, forwarded))
-            .map(|ip| ip.to_string());
+        let client = client_addr(session, ctx);
         let p = ctx.principal.as_ref();
         let entry = AuditEntry {
             ts: now_rfc3339(),
@@ -307,6 +294,9 @@ impl ProxyHttp for Gateway {
         };
         let access = principal.access;
         ctx.principal = Some(principal);
+        if access == Access::Roles(0) {
+            return self.deny(session, ctx, Refusal::NoKnownRoles).await;
+        }
         let group = match (&local, rt.proxied_group(&ctx.path)) {
             (Some(_), _) => EndpointGroup::Models,
             (None, Some(g)) => g,
@@ -333,7 +323,14 @@ impl ProxyHttp for Gateway {
                 .headers
                 .get(TEST_MODE_HEADER)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let routed = route::route(session, ctx, &rt, group, access).await?;
+        let routed = match route::route(session, ctx, &rt, group, access).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The body could not be read (the client left or stalled): still one audit line.
+                self.admit(session, ctx);
+                return Err(e);
+            }
+        };
         if let route::Routed::Denied(refusal) = routed {
             return self.deny(session, ctx, refusal).await;
         }
@@ -582,7 +579,7 @@ impl ProxyHttp for Gateway {
             upstream_ttfb_ms: since_sent(ctx.upstream_header),
             bytes_in: session.body_bytes_read(),
             bytes_out: ctx.bytes_out,
-            client: session.client_addr().map(|a| a.to_string()),
+            client: client_addr(session, ctx),
         };
         self.access_log.write_json(&entry);
     }
@@ -616,6 +613,15 @@ async fn serve_metrics(
     ctx: &mut RequestCtx,
     metrics: &Metrics,
 ) -> Result<bool> {
+    let method = &session.req_header().method;
+    if method != http::Method::GET && method != http::Method::HEAD {
+        return reject(
+            session,
+            ctx,
+            GatewayError::MethodNotAllowed { allow: "GET, HEAD" },
+        )
+        .await;
+    }
     let body = Bytes::from(metrics.render());
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("content-type", "text/plain; version=0.0.4; charset=utf-8")?;
@@ -741,4 +747,22 @@ fn itoa_status(status: u16) -> [u8; 3] {
         b'0' + (s / 10 % 10) as u8,
         b'0' + (s % 10) as u8,
     ]
+}
+
+/// The caller's address: the TCP peer, or what a trusted proxy says in `X-Forwarded-For`.
+fn client_addr(session: &Session, ctx: &RequestCtx) -> Option<String> {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let forwarded = session
+        .req_header()
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    match &ctx.rt {
+        Some(rt) => rt.trusted_proxies.client(peer, forwarded),
+        None => peer,
+    }
+    .map(|ip| ip.to_string())
 }

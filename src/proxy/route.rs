@@ -85,6 +85,13 @@ pub async fn route(
     ctx.requested_model = Some(probe.model.as_ref().into());
     if ctx.test_mode {
         if let Some(mock) = rt.test_mock {
+            // The mock answers any name, but a known model the caller may not use stays refused.
+            if let Some(idx) = rt.registry.lookup(&probe.model) {
+                ctx.model_id = Some(rt.registry.get(idx).id.clone());
+                if !rt.auth.rbac.allows(access, &group, idx) {
+                    return Ok(Routed::Denied(Refusal::ModelForbidden));
+                }
+            }
             let route = test_mode_route(rt, mock, group, &probe.model, probe.stream);
             ctx.route = Some(route);
             ctx.body = read.bytes;

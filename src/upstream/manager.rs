@@ -42,6 +42,7 @@ impl BackgroundService for UpstreamManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         // Next refresh per pool, keyed by the pool's address (pools live as long as a runtime).
         let mut due: HashMap<usize, Instant> = HashMap::new();
+        let mut jwks_task: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let rt = self.runtime.load_full();
             let now = Instant::now();
@@ -67,9 +68,14 @@ impl BackgroundService for UpstreamManager {
                 }
             }
             due.retain(|k, _| live.contains(k));
+            // On its own task: a slow identity provider must not hold up DNS refreshes.
             if let Some(jwks) = rt.auth.jwks_url() {
-                if jwks.next_refresh() <= tokio::time::Instant::now() {
-                    jwks.refresh().await;
+                let idle = jwks_task
+                    .as_ref()
+                    .is_none_or(|t: &tokio::task::JoinHandle<()>| t.is_finished());
+                if idle && jwks.next_refresh() <= tokio::time::Instant::now() {
+                    let j = jwks.clone();
+                    jwks_task = Some(tokio::spawn(async move { j.refresh().await }));
                 }
             }
             tokio::select! {

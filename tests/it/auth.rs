@@ -446,3 +446,32 @@ async fn identity_provider_down_at_start_then_recovering() {
     }
     assert_eq!(bearer(&gw, &token).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_removed_from_the_jwks_stops_its_cached_tokens() {
+    let jwks_ab: Value = serde_json::from_str(&fixture("jwks_ab.json")).unwrap();
+    let jwks_a: Value = serde_json::from_str(&fixture("jwks_a.json")).unwrap();
+    let (idp, doc) = jwks_server(jwks_ab).await;
+    let gw = TestGateway::start(&jwks_config(&idp.url()));
+    let c = claims("alice", &["user"]);
+    let b_token = sign(Algorithm::RS256, Some("key-b"), &c, Signer::Rsa2);
+    assert_eq!(bearer(&gw, &b_token).await.status(), 200);
+    assert_eq!(
+        bearer(&gw, &b_token).await.status(),
+        200,
+        "served from the cache"
+    );
+
+    // key-b is revoked at the identity provider; an unknown kid makes the gateway re-fetch.
+    *doc.lock().unwrap() = jwks_a;
+    let probe = sign(Algorithm::RS256, Some("other"), &c, Signer::Rsa);
+    assert_eq!(bearer(&gw, &probe).await.status(), 401);
+    let r = bearer(&gw, &b_token).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the cached token of a removed key is refused"
+    );
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(gw.audit_entry(&rid).await["reason"], "unknown_kid");
+}

@@ -56,6 +56,20 @@ async fn role_model_endpoint_matrix() {
             assert_eq!(body["error"]["code"], "permission_denied");
         }
     }
+    // A caller whose roles are all unknown is refused, and the audit says who it was.
+    let r = client()
+        .post(gw.url(chat))
+        .bearer_auth(hs_token("ghost-user", &["nobody"]))
+        .json(&chat_body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let a = gw.audit_entry(&rid).await;
+    assert_eq!(a["reason"], "no_known_roles");
+    assert_eq!(a["subject"], "ghost-user");
+    assert_eq!(a["roles"], json!(["nobody"]));
+
     let forwarded = up.received().len();
     let allowed = cases.iter().filter(|c| c.3 == 200).count();
     assert_eq!(

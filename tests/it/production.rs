@@ -15,13 +15,14 @@ fn check_config_refuses_every_unsafe_production_setting() {
         &path,
         "mode: production
 auth:
-  jwt: { hmac_secret: too-short }
+  jwt: { hmac_secret: too-short, jwks_url: 'http://idp.internal/jwks.json' }
   test_tokens: true
   roles: { user: { models: ['*'], endpoints: ['*'] } }
 providers:
   local: { kind: mock }
   openai: { kind: openai, endpoints: [https://api.openai.com], keys: [{ id: main, value: '${ULTRA_TEST_UNSET_KEY:-}' }] }
   byip: { kind: openai-compatible, endpoints: ['https://10.1.2.3:8443'] }
+metrics: { enabled: true }
 models: [{ id: m, targets: [{ provider: local }] }]
 ",
     )
@@ -36,6 +37,7 @@ models: [{ id: m, targets: [{ provider: local }] }]
     for field in [
         "auth.test_tokens",
         "auth.jwt.hmac_secret",
+        "auth.jwt.jwks_url",
         "providers.local.kind",
         "providers.openai.keys[0].value",
         "providers.byip.endpoints[0]",
@@ -288,4 +290,14 @@ async fn test_mode_still_needs_credentials() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // A known model the caller's roles forbid stays forbidden, mock or not.
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-test-mode", "true")
+        .bearer_auth(hs_token("alice", &["user"]))
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 }

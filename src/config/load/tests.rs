@@ -245,3 +245,46 @@ fn invalid_yaml_reports_the_file() {
         "{errs}"
     );
 }
+
+#[test]
+fn api_keys_need_roles_unique_digests_and_known_roles() {
+    let d = "a".repeat(64);
+    let yaml = format!(
+        "{MINIMAL}
+auth:
+  roles: {{ r: {{ models: ['*'], endpoints: [chat, bogus] }} }}
+  api_keys:
+    - {{ id: a, sha256: '{d}', roles: [r] }}
+    - {{ id: b, sha256: '{d}', roles: [] }}
+    - {{ id: c, sha256: nothex, roles: [ghost], expires_at: tomorrow }}
+"
+    );
+    let f = fields(&load_yaml(&yaml).unwrap_err());
+    assert_eq!(
+        f,
+        vec![
+            "auth.roles.r.endpoints[1]",
+            "auth.api_keys[1].sha256",
+            "auth.api_keys[1].roles",
+            "auth.api_keys[2].sha256",
+            "auth.api_keys[2].roles[0]",
+            "auth.api_keys[2].expires_at",
+        ]
+    );
+}
+
+#[test]
+fn jwt_needs_a_key_and_known_algorithms() {
+    let yaml = format!(
+        "{MINIMAL}\nauth:\n  jwt: {{ algorithms: [HS256, XX1], jwks_refresh_seconds: 1 }}\n"
+    );
+    let f = fields(&load_yaml(&yaml).unwrap_err());
+    assert_eq!(
+        f,
+        vec![
+            "auth.jwt.algorithms[1]",
+            "auth.jwt",
+            "auth.jwt.jwks_refresh_seconds"
+        ]
+    );
+}
