@@ -9,8 +9,11 @@ use crate::config::{Config, ConfigError, ConfigErrors, Mode, ProviderKind};
 use crate::endpoints::{self, EndpointGroup};
 use crate::registry::ModelIdx;
 use crate::registry::{ProviderId, Registry, Rendered};
+use crate::upstream::breaker::BreakerPolicy;
 use crate::upstream::endpoint::Endpoint;
-use crate::upstream::pool::Pool;
+use crate::upstream::health::ProviderProbe;
+use crate::upstream::keys::{KeyRing, KeySource};
+use crate::upstream::pool::{Pool, PoolSettings};
 use crate::upstream::provider::{Provider, DEFAULT_ANTHROPIC_VERSION};
 use crate::upstream::timeouts::Timeouts;
 use crate::upstream::tls;
@@ -69,35 +72,35 @@ impl Runtime {
                 .filter_map(|e| Endpoint::parse(e).ok().map(Arc::new))
                 .collect();
 
-            // The first usable key; rotation across the ring comes with the key ring.
-            let mut key = None;
-            for (k, ks) in spec.keys.iter().enumerate() {
-                let secret = match (&ks.value, &ks.file) {
-                    (Some(v), _) => Some(v.clone()),
-                    (None, Some(f)) => match std::fs::read_to_string(config.resolve_path(f)) {
-                        Ok(s) => Some(s),
-                        Err(e) => {
-                            errors.push(ConfigError::new(
-                                &config.file,
-                                format!("{path}.keys[{k}].file"),
-                                format!("cannot read key file: {e}"),
-                            ));
-                            None
-                        }
-                    },
-                    (None, None) => None,
-                };
-                let Some(secret) = secret else { continue };
-                match Provider::make_key(spec.kind, &ks.id, &secret) {
-                    Some(pk) if key.is_none() => key = Some(pk),
-                    Some(_) => {}
-                    None => warnings.push(format!(
-                        "{path}.keys[{k}] (id `{}`) is empty or not a valid header value; it is not used",
-                        ks.id
-                    )),
+            let sources = spec
+                .keys
+                .iter()
+                .map(|ks| {
+                    let source = match (&ks.value, &ks.file) {
+                        (Some(v), _) => KeySource::Value(v.clone()),
+                        (None, Some(f)) => KeySource::File(config.resolve_path(f)),
+                        (None, None) => KeySource::Value(String::new()),
+                    };
+                    (ks.id.clone(), source)
+                })
+                .collect();
+            let (ring, problems) = KeyRing::new(spec.kind, spec.key_affinity, sources);
+            for (id, problem) in problems {
+                let k = spec.keys.iter().position(|ks| ks.id == id).unwrap_or(0);
+                if spec.keys[k].file.is_some() {
+                    errors.push(ConfigError::new(
+                        &config.file,
+                        format!("{path}.keys[{k}].file"),
+                        format!("cannot read key file: {problem}"),
+                    ));
+                } else {
+                    warnings.push(format!(
+                        "{path}.keys[{k}] (id `{id}`) is empty or not a valid header value; it is not used"
+                    ));
                 }
             }
-            if !spec.keys.is_empty() && key.is_none() {
+            let keys = Arc::new(ring);
+            if !keys.is_empty() && !keys.has_usable(tokio::time::Instant::now()) {
                 warnings.push(format!(
                     "{path} has no usable key; its models fall to their next target or answer 503"
                 ));
@@ -134,23 +137,61 @@ impl Runtime {
                 .and_then(|v| HeaderValue::from_str(v).ok())
                 .unwrap_or(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
 
-            let pool = (spec.kind != ProviderKind::Mock).then(|| {
-                let refresh = spec
-                    .dns_refresh_seconds
-                    .map(Duration::from_secs)
-                    .unwrap_or(DEFAULT_DNS_REFRESH);
-                Arc::new(Pool::new(name.clone(), endpoints.clone(), refresh))
-            });
+            let breaker = BreakerPolicy::try_new(
+                spec.breaker.consecutive_failures,
+                Duration::from_secs(spec.breaker.open_seconds),
+                Duration::from_secs(spec.breaker.max_open_seconds),
+            );
+            let pool = match (spec.kind, breaker) {
+                (ProviderKind::Mock, _) => None,
+                (_, Err(msg)) => {
+                    errors.push(ConfigError::new(
+                        &config.file,
+                        format!("{path}.breaker"),
+                        msg,
+                    ));
+                    None
+                }
+                (_, Ok(breaker)) => {
+                    let refresh = spec
+                        .dns_refresh_seconds
+                        .map(Duration::from_secs)
+                        .unwrap_or(DEFAULT_DNS_REFRESH);
+                    let hc = &spec.health_check;
+                    let health = hc.enabled.then(|| {
+                        let probe = ProviderProbe::new(
+                            hc,
+                            spec.kind,
+                            anthropic_version.clone(),
+                            keys.clone(),
+                            ca.clone(),
+                        );
+                        (
+                            Box::new(probe)
+                                as Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>,
+                            Duration::from_secs(hc.interval_seconds),
+                        )
+                    });
+                    Some(Arc::new(Pool::new(PoolSettings {
+                        provider: name.clone(),
+                        endpoints: endpoints.clone(),
+                        strategy: spec.strategy,
+                        refresh,
+                        breaker,
+                        health,
+                    })))
+                }
+            };
             providers.push(Provider {
                 id,
                 name,
                 kind: spec.kind,
                 endpoints,
-                key,
-                keys_configured: spec.keys.len(),
+                keys,
                 extra_headers,
                 anthropic_version,
                 timeouts: Timeouts::resolve(&spec.timeouts, None),
+                retry: spec.retry.clone(),
                 ca,
                 pool,
                 mock: (spec.kind == ProviderKind::Mock)

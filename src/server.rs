@@ -53,6 +53,8 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
             futures_join(manager::refresh_all(&runtime), jwks),
         )
         .await;
+        // A first health pass, so that traffic only goes to backends that answered.
+        let _ = tokio::time::timeout(FIRST_RESOLUTION_TIMEOUT, manager::check_all(&runtime)).await;
     });
     drop(init_rt);
 

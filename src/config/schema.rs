@@ -165,6 +165,129 @@ pub struct ProviderSpec {
     /// Behaviour of a `mock` provider.
     #[serde(default)]
     pub mock: Option<MockSpec>,
+    /// How a backend is picked among the provider's endpoints. Default `round_robin`.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Active health checks of the provider's backends.
+    #[serde(default)]
+    pub health_check: HealthCheckSpec,
+    /// The passive circuit breaker of each backend.
+    #[serde(default)]
+    pub breaker: BreakerSpec,
+    /// Retries of a failed request, on this provider's other backends and the model's next targets.
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// `none` (default): rotate keys round-robin; `caller`: keep each caller on one key.
+    #[serde(default)]
+    pub key_affinity: KeyAffinity,
+}
+
+/// How a pool picks a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// In turn, ignoring weights.
+    #[default]
+    RoundRobin,
+    /// In turn, in proportion to the endpoints' weights.
+    Weighted,
+    /// At random, in proportion to the weights.
+    Random,
+    /// By a hash of the caller's subject, so a caller stays on one backend (warm KV caches of a
+    /// self-hosted pool); the next backends on the ring take over when it is down.
+    Consistent,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyAffinity {
+    #[default]
+    None,
+    Caller,
+}
+
+/// `health_check:` active probes of every backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckSpec {
+    /// Probe backends at all. Default true.
+    pub enabled: bool,
+    /// `http` (default): a GET of `path` carrying a usable provider key; `tcp`: a connect.
+    pub kind: HealthCheckKind,
+    /// Path of the HTTP probe, under the endpoint's path rule. Default `/v1/models` (never a
+    /// paid completion).
+    pub path: String,
+    /// Seconds between probes. Default 10.
+    pub interval_seconds: u64,
+    /// Probe timeout in milliseconds. Default 2000.
+    pub timeout_ms: u64,
+    /// Consecutive successes that make a down backend healthy. Default 2.
+    pub healthy_after: usize,
+    /// Consecutive failures that take a backend down. Default 3.
+    pub unhealthy_after: usize,
+}
+
+impl Default for HealthCheckSpec {
+    fn default() -> Self {
+        HealthCheckSpec {
+            enabled: true,
+            kind: HealthCheckKind::Http,
+            path: "/v1/models".into(),
+            interval_seconds: 10,
+            timeout_ms: 2000,
+            healthy_after: 2,
+            unhealthy_after: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// `breaker:` per-backend circuit breaker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSpec {
+    /// Consecutive failures (connect, TLS, timeout, 5xx, broken stream) that open it. Default 5.
+    pub consecutive_failures: u32,
+    /// Seconds it stays open the first time; doubled on each re-open. Default 30.
+    pub open_seconds: u64,
+    /// Longest open period. Default 300.
+    pub max_open_seconds: u64,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        BreakerSpec {
+            consecutive_failures: 5,
+            open_seconds: 30,
+            max_open_seconds: 300,
+        }
+    }
+}
+
+/// `retry:` how far a failed request goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySpec {
+    /// Attempts in all (the first one included), across backends and targets. Default 3.
+    pub max_attempts: u32,
+    /// No new attempt starts later than this after the request arrived. Default 600000.
+    pub deadline_ms: u64,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            max_attempts: 3,
+            deadline_ms: 600_000,
+        }
+    }
 }
 
 /// An endpoint: a URL string, or an object with the URL and options.

@@ -26,6 +26,8 @@ pub struct AccessEntry<'a> {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// Upstream requests made (retries and key rotations included).
+    pub attempts: u32,
     pub stream: bool,
     pub latency_ms: f64,
     /// Request sent upstream to response complete.

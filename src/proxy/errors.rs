@@ -37,6 +37,10 @@ pub enum GatewayError {
         model: String,
         retry_after: u64,
     },
+    /// Every key of every provider that could serve the model is rate-limited.
+    ProviderRateLimited {
+        retry_after: u64,
+    },
     UpstreamTimeout {
         provider: String,
     },
@@ -57,6 +61,7 @@ impl GatewayError {
             GatewayError::RequestTooLarge { .. } => 413,
             GatewayError::BadUpstream { .. } | GatewayError::ProviderAuthFailed { .. } => 502,
             GatewayError::NoHealthyUpstream { .. } => 503,
+            GatewayError::ProviderRateLimited { .. } => 429,
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Forbidden => 403,
@@ -73,6 +78,7 @@ impl GatewayError {
             GatewayError::Auth(r) if r.kind() == RefusalKind::Forbidden => "permission_error",
             GatewayError::Auth(_) => "authentication_error",
             GatewayError::AuditUnavailable | GatewayError::Internal => "server_error",
+            GatewayError::ProviderRateLimited { .. } => "rate_limit_error",
             _ => match self.status() {
                 400 | 404 | 405 | 413 => "invalid_request_error",
                 _ => "upstream_error",
@@ -91,6 +97,7 @@ impl GatewayError {
             GatewayError::BadUpstream { .. } => "bad_upstream_response",
             GatewayError::ProviderAuthFailed { .. } => "provider_auth_failed",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            GatewayError::ProviderRateLimited { .. } => "provider_rate_limited",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Missing => "missing_credentials",
@@ -138,6 +145,9 @@ impl GatewayError {
                 format!("No provider can serve the model `{model}` right now. Try again later.")
             }
             GatewayError::UpstreamTimeout { provider } => format!("Provider `{provider}` did not answer in time."),
+            GatewayError::ProviderRateLimited { retry_after } => format!(
+                "Every provider key for this model is rate-limited. Try again in {retry_after} s."
+            ),
             GatewayError::Auth(r) => r.message().into(),
             GatewayError::AuditUnavailable => {
                 "The gateway cannot record this request in its audit log right now. Try again shortly.".into()
@@ -149,7 +159,8 @@ impl GatewayError {
     /// `Retry-After` seconds, for errors that have one.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            GatewayError::NoHealthyUpstream { retry_after, .. } => Some(*retry_after),
+            GatewayError::NoHealthyUpstream { retry_after, .. }
+            | GatewayError::ProviderRateLimited { retry_after } => Some(*retry_after),
             GatewayError::Auth(Refusal::AuthUnavailable) => Some(5),
             GatewayError::AuditUnavailable => Some(1),
             _ => None,
@@ -157,14 +168,12 @@ impl GatewayError {
     }
 
     /// Whether an SDK should retry (`x-should-retry`); `None` leaves it to the SDK's defaults.
-    /// Errors about the request, or about the gateway's own credentials, never improve on retry.
+    /// Upstream failures are final: the gateway already retried across backends and providers,
+    /// and SDK retries would multiply its attempts. Errors about the request, or the gateway's
+    /// own credentials, never improve on retry either.
     pub fn should_retry(&self) -> Option<bool> {
         match self {
-            GatewayError::NoHealthyUpstream { .. }
-            | GatewayError::UpstreamTimeout { .. }
-            | GatewayError::BadUpstream { .. }
-            | GatewayError::AuditUnavailable
-            | GatewayError::Auth(Refusal::AuthUnavailable) => None,
+            GatewayError::AuditUnavailable | GatewayError::Auth(Refusal::AuthUnavailable) => None,
             _ => Some(false),
         }
     }
@@ -333,7 +342,13 @@ mod tests {
         };
         let h = e.response_header("rid", 10);
         assert_eq!(h.headers["retry-after"], "7");
-        assert!(h.headers.get("x-should-retry").is_none());
+        assert_eq!(
+            h.headers["x-should-retry"], "false",
+            "final: the gateway retried already"
+        );
+        let h = GatewayError::ProviderRateLimited { retry_after: 3 }.response_header("rid", 1);
+        assert_eq!(h.status, 429);
+        assert_eq!(h.headers["retry-after"], "3");
         let h = GatewayError::UnknownEndpoint.response_header("rid", 10);
         assert_eq!(h.headers["x-should-retry"], "false");
         assert_eq!(h.headers["x-request-id"], "rid");

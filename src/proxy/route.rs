@@ -1,6 +1,7 @@
 //! Routing a proxied request: allow-list and method, bounded body read, `model`, registry lookup
 //! (or `default_model`), the first usable target, and the model rewrite.
 
+use super::attempts::{caller_hash, Plan};
 use super::body::{self, BodyError};
 use super::errors::GatewayError;
 use super::model_field::{self, ProbeError};
@@ -24,8 +25,6 @@ pub struct Route {
     pub default_model_used: bool,
     pub target: Target,
     pub stream: bool,
-    /// Id of the provider key used (for logs); never the key.
-    pub key_id: Option<Arc<str>>,
 }
 
 /// The routing decision.
@@ -122,38 +121,51 @@ pub async fn route(
     if !rt.auth.rbac.allows(access, &group, idx) {
         return Ok(Routed::Denied(Refusal::ModelForbidden));
     }
-    let Some(target) = model
+    let stream = probe.stream;
+    let route = |target: &Target| Route {
+        group: group.clone(),
+        model_id: model.id.clone(),
+        default_model_used,
+        target: target.clone(),
+        stream,
+    };
+    // A mock first in line answers in place; other targets go through the retry plan.
+    let first = model
         .targets
         .iter()
-        .find(|t| rt.provider(t.provider).is_usable())
-    else {
+        .find(|t| rt.provider(t.provider).is_usable());
+    if let Some(t) = first.filter(|t| rt.provider(t.provider).kind == ProviderKind::Mock) {
+        ctx.route = Some(route(t));
+        ctx.body = if *probe.model == *t.upstream_model {
+            read.bytes
+        } else {
+            model_field::rewrite_model(&read.bytes, &t.upstream_model).unwrap_or(read.bytes)
+        };
+        return Ok(Routed::Mock);
+    }
+    if !read.replayable {
+        return Ok(Routed::NeedsSubrequest(read.bytes));
+    }
+    ctx.original_body = read.bytes;
+    let Some(primary) = model.targets.first() else {
         return Ok(Routed::Rejected(GatewayError::NoHealthyUpstream {
             model: model.id.to_string(),
             retry_after: 5,
         }));
     };
-    let provider = rt.provider(target.provider);
-    if !read.replayable && provider.kind != ProviderKind::Mock {
-        return Ok(Routed::NeedsSubrequest(read.bytes));
-    }
-    let stream = probe.stream;
-    ctx.body = if *probe.model == *target.upstream_model {
-        read.bytes
-    } else {
-        model_field::rewrite_model(&read.bytes, &target.upstream_model).unwrap_or(read.bytes)
-    };
-    ctx.route = Some(Route {
-        group,
-        model_id: model.id.clone(),
-        default_model_used,
-        target: target.clone(),
-        stream,
-        key_id: provider.key.as_ref().map(|k| k.id.clone()),
-    });
-    Ok(if provider.kind == ProviderKind::Mock {
-        Routed::Mock
-    } else {
-        Routed::Proxy
+    ctx.route = Some(route(primary));
+    let now = tokio::time::Instant::now();
+    let mut plan = Plan::new(rt, model.id.clone(), model.targets.clone(), 0, now);
+    let subject = ctx
+        .principal
+        .as_ref()
+        .map(|p| p.subject.clone())
+        .unwrap_or_else(|| "".into());
+    let outcome = plan.next(rt, caller_hash(&subject), subject.as_bytes(), now);
+    ctx.plan = Some(plan);
+    Ok(match outcome {
+        Ok(()) => Routed::Proxy,
+        Err(e) => Routed::Rejected(e),
     })
 }
 
@@ -177,6 +189,5 @@ fn test_mode_route(
             timeouts: Timeouts::DEFAULT,
         },
         stream,
-        key_id: None,
     }
 }

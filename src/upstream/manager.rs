@@ -1,5 +1,6 @@
-//! The upstream manager: one background service that owns the periodic work of every pool
-//! (DNS refresh) and of the identity provider's JWKS. One service for all pools because Pingora fixes its services when
+//! The upstream manager: one background service that owns the periodic work of every pool (DNS
+//! refresh, health checks), of key files (re-read when they change) and of the identity
+//! provider's JWKS. One service for all pools because Pingora fixes its services when
 //! `Server::run` starts, while pools come and go with configurations.
 
 use crate::runtime::Runtime;
@@ -37,11 +38,28 @@ pub async fn refresh_all(rt: &Runtime) {
     while set.join_next().await.is_some() {}
 }
 
+/// Runs the first health check of every pool, concurrently (start-up, before traffic).
+pub async fn check_all(rt: &Runtime) {
+    let mut set = tokio::task::JoinSet::new();
+    for pool in rt.pools() {
+        let pool = pool.clone();
+        set.spawn(async move { pool.check_health().await });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+/// Periodic work of one pool: when it is next due, and the health pass in flight.
+struct Schedule {
+    dns_due: Instant,
+    health_due: Instant,
+    health_task: Option<tokio::task::JoinHandle<()>>,
+}
+
 #[async_trait]
 impl BackgroundService for UpstreamManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Next refresh per pool, keyed by the pool's address (pools live as long as a runtime).
-        let mut due: HashMap<usize, Instant> = HashMap::new();
+        // Keyed by the pool's address: pools live as long as a runtime.
+        let mut schedules: HashMap<usize, Schedule> = HashMap::new();
         let mut jwks_task: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let rt = self.runtime.load_full();
@@ -50,29 +68,44 @@ impl BackgroundService for UpstreamManager {
             for pool in rt.pools() {
                 let key = Arc::as_ptr(pool) as usize;
                 live.push(key);
-                // Start-up resolved every pool once; an empty pool is retried soon.
-                let first_wait = if pool.has_backends() {
-                    pool.refresh_interval()
-                } else {
-                    EMPTY_POOL_RETRY
-                };
-                let next = *due.entry(key).or_insert_with(|| now + first_wait);
-                if next <= now {
+                let s = schedules.entry(key).or_insert_with(|| Schedule {
+                    // Start-up resolved and checked every pool once; an empty pool is retried soon.
+                    dns_due: now
+                        + if pool.has_backends() {
+                            pool.refresh_interval()
+                        } else {
+                            EMPTY_POOL_RETRY
+                        },
+                    health_due: now
+                        + pool
+                            .health_interval()
+                            .unwrap_or(Duration::from_secs(365 * 86_400)),
+                    health_task: None,
+                });
+                if s.dns_due <= now {
                     pool.refresh().await;
                     let wait = if pool.has_backends() {
                         pool.refresh_interval()
                     } else {
                         pool.refresh_interval().min(EMPTY_POOL_RETRY)
                     };
-                    due.insert(key, Instant::now() + wait);
+                    s.dns_due = Instant::now() + wait;
+                }
+                // Health passes run on their own task: a slow backend must not hold up others.
+                let idle = s.health_task.as_ref().is_none_or(|t| t.is_finished());
+                if let (true, Some(every)) = (idle && s.health_due <= now, pool.health_interval()) {
+                    let p = pool.clone();
+                    s.health_task = Some(tokio::spawn(async move { p.check_health().await }));
+                    s.health_due = now + every;
                 }
             }
-            due.retain(|k, _| live.contains(k));
+            schedules.retain(|k, _| live.contains(k));
+            for p in &rt.providers {
+                p.keys.refresh_files();
+            }
             // On its own task: a slow identity provider must not hold up DNS refreshes.
             if let Some(jwks) = rt.auth.jwks_url() {
-                let idle = jwks_task
-                    .as_ref()
-                    .is_none_or(|t: &tokio::task::JoinHandle<()>| t.is_finished());
+                let idle = jwks_task.as_ref().is_none_or(|t| t.is_finished());
                 if idle && jwks.next_refresh() <= tokio::time::Instant::now() {
                     let j = jwks.clone();
                     jwks_task = Some(tokio::spawn(async move { j.refresh().await }));
@@ -80,8 +113,16 @@ impl BackgroundService for UpstreamManager {
             }
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(tick(&rt)) => {}
             }
         }
     }
+}
+
+/// How often the manager looks for due work: every second, or faster when a health interval is
+/// shorter than that.
+fn tick(rt: &Runtime) -> Duration {
+    rt.pools()
+        .filter_map(|p| p.health_interval())
+        .fold(TICK, |a, b| a.min(b / 2).max(Duration::from_millis(100)))
 }

@@ -1,8 +1,12 @@
 //! Upstream providers: endpoints, pools, timeouts, TLS roots and how each provider kind
 //! authenticates.
 
+pub mod breaker;
 pub mod endpoint;
+pub mod health;
+pub mod keys;
 pub mod manager;
+pub mod peer;
 pub mod pool;
 pub mod provider;
 pub mod timeouts;

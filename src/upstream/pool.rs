@@ -1,28 +1,116 @@
 //! One Pingora `LoadBalancer` per provider, fed by a DNS service discovery so that a request
 //! never resolves a name (`HttpPeer::new` with a host name does blocking DNS and panics on
-//! failure in Pingora 0.9). The upstream manager (`upstream::manager`) refreshes it.
+//! failure in Pingora 0.9). Each backend carries its `BackendState` (breaker, health, latency) in
+//! `Backend.ext`, kept across re-resolutions, so selection reads it without a lookup. The
+//! upstream manager (`upstream::manager`) refreshes DNS and runs the health checks.
 
+use super::breaker::{Breaker, BreakerPolicy, BreakerView};
 use super::endpoint::Endpoint;
+use crate::config::Strategy;
 use async_trait::async_trait;
 use pingora::lb::discovery::ServiceDiscovery;
-use pingora::lb::selection::RoundRobin;
+use pingora::lb::health_check::HealthCheck;
+use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 /// How long one DNS lookup may take before the last known addresses are kept.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the gateway knows about one backend (one address of one endpoint).
+#[derive(Debug)]
+pub struct BackendState {
+    pub addr: SocketAddr,
+    pub endpoint: Arc<Endpoint>,
+    pub breaker: Arc<Breaker>,
+    /// Passed a health check since it appeared (always true when checks are off): new backends
+    /// get no traffic before that.
+    checked: AtomicBool,
+    /// Exponentially weighted latency of responses, in microseconds (0: none yet).
+    latency_us: AtomicU64,
+    last_error: parking_lot::Mutex<Option<(String, SystemTime)>>,
+}
+
+impl BackendState {
+    fn new(
+        addr: SocketAddr,
+        endpoint: Arc<Endpoint>,
+        policy: BreakerPolicy,
+        checked: bool,
+    ) -> BackendState {
+        BackendState {
+            addr,
+            endpoint,
+            breaker: Arc::new(Breaker::new(policy)),
+            checked: AtomicBool::new(checked),
+            latency_us: AtomicU64::new(0),
+            last_error: parking_lot::Mutex::new(None),
+        }
+    }
+
+    pub fn mark_checked(&self) {
+        self.checked.store(true, Ordering::Release);
+    }
+
+    pub fn checked(&self) -> bool {
+        self.checked.load(Ordering::Acquire)
+    }
+
+    /// Records a response latency (EWMA, weight 1/8).
+    pub fn record_latency(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    pub fn latency(&self) -> Option<Duration> {
+        match self.latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    pub fn record_error(&self, what: impl Into<String>) {
+        *self.last_error.lock() = Some((what.into(), SystemTime::now()));
+    }
+
+    pub fn last_error(&self) -> Option<(String, SystemTime)> {
+        self.last_error.lock().clone()
+    }
+}
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Consistent(LoadBalancer<Consistent>),
+}
+
+macro_rules! with_lb {
+    ($b:expr, $lb:ident => $e:expr) => {
+        match $b {
+            Balancer::RoundRobin($lb) => $e,
+            Balancer::Random($lb) => $e,
+            Balancer::Consistent($lb) => $e,
+        }
+    };
+}
+
 /// A provider's backends.
 pub struct Pool {
     provider: Arc<str>,
-    lb: LoadBalancer<RoundRobin>,
+    strategy: Strategy,
+    lb: Balancer,
     refresh: Duration,
     resolved_once: AtomicBool,
+    /// Seconds between health-check passes; `None` when checks are off.
+    health_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -33,37 +121,73 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// A selected backend: the socket address and the endpoint it came from.
-#[derive(Debug, Clone)]
-pub struct Selected {
-    pub addr: SocketAddr,
-    pub endpoint: Arc<Endpoint>,
+/// How a pool is built.
+pub struct PoolSettings {
+    pub provider: Arc<str>,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub strategy: Strategy,
+    pub refresh: Duration,
+    pub breaker: BreakerPolicy,
+    /// The health check and its interval; `None` disables checks.
+    pub health: Option<(Box<dyn HealthCheck + Send + Sync>, Duration)>,
 }
 
 impl Pool {
-    pub fn new(provider: Arc<str>, endpoints: Vec<Arc<Endpoint>>, refresh: Duration) -> Pool {
+    pub fn new(s: PoolSettings) -> Pool {
         let discovery = DnsDiscovery {
-            provider: provider.clone(),
-            last: Mutex::new(vec![Vec::new(); endpoints.len()]),
-            endpoints,
+            provider: s.provider.clone(),
+            weighted: s.strategy != Strategy::RoundRobin,
+            breaker: s.breaker,
+            checked_initially: s.health.is_none(),
+            last: parking_lot::Mutex::new(vec![Vec::new(); s.endpoints.len()]),
+            states: parking_lot::Mutex::new(HashMap::new()),
+            endpoints: s.endpoints,
         };
-        Pool {
-            provider,
-            lb: LoadBalancer::from_backends(Backends::new(Box::new(discovery))),
-            refresh,
-            resolved_once: AtomicBool::new(false),
+        let backends = Backends::new(Box::new(discovery));
+        let health_interval = s.health.as_ref().map(|(_, i)| *i);
+        let mut lb = match s.strategy {
+            Strategy::RoundRobin | Strategy::Weighted => {
+                Balancer::RoundRobin(LoadBalancer::from_backends(backends))
+            }
+            Strategy::Random => Balancer::Random(LoadBalancer::from_backends(backends)),
+            Strategy::Consistent => Balancer::Consistent(LoadBalancer::from_backends(backends)),
+        };
+        if let Some((check, _)) = s.health {
+            with_lb!(&mut lb, l => l.set_health_check(check));
         }
+        Pool {
+            provider: s.provider,
+            strategy: s.strategy,
+            lb,
+            refresh: s.refresh,
+            resolved_once: AtomicBool::new(false),
+            health_interval,
+        }
+    }
+
+    pub fn provider(&self) -> &str {
+        &self.provider
     }
 
     /// Re-resolves the endpoints. Never fails: a failed lookup keeps the last known addresses.
     pub async fn refresh(&self) {
-        if let Err(e) = self.lb.update().await {
+        if let Err(e) = with_lb!(&self.lb, l => l.update().await) {
             tracing::warn!(provider = %self.provider, error = %e, "backend discovery failed");
         }
         self.resolved_once.store(true, Ordering::Release);
     }
 
-    /// Seconds between refreshes.
+    /// Runs one health-check pass over every backend (when checks are on).
+    pub async fn check_health(&self) {
+        if self.health_interval.is_some() {
+            with_lb!(&self.lb, l => l.backends().run_health_check(true).await);
+        }
+    }
+
+    pub fn health_interval(&self) -> Option<Duration> {
+        self.health_interval
+    }
+
     pub fn refresh_interval(&self) -> Duration {
         self.refresh
     }
@@ -73,39 +197,86 @@ impl Pool {
     }
 
     pub fn has_backends(&self) -> bool {
-        !self.lb.backends().get_backend().is_empty()
+        !with_lb!(&self.lb, l => l.backends().get_backend().is_empty())
     }
 
-    /// Picks a healthy backend (round robin).
-    pub fn select(&self) -> Option<Selected> {
-        let b = self.lb.select_with(b"", 256, |_, healthy| healthy)?;
-        let endpoint = b.ext.get::<Arc<Endpoint>>()?.clone();
-        let addr = b.addr.as_inet()?.to_owned();
-        Some(Selected { addr, endpoint })
+    /// Whether some backend could take a request now.
+    pub fn has_available(&self) -> bool {
+        let now = Instant::now();
+        self.backends()
+            .iter()
+            .any(|(s, healthy)| *healthy && s.checked() && s.breaker.available(now))
+    }
+
+    /// Every backend with its health-check verdict.
+    pub fn backends(&self) -> Vec<(Arc<BackendState>, bool)> {
+        with_lb!(&self.lb, l => {
+            let set = l.backends().get_backend();
+            set.iter()
+                .filter_map(|b| Some((b.ext.get::<Arc<BackendState>>()?.clone(), l.backends().ready(b))))
+                .collect()
+        })
+    }
+
+    /// Picks a backend that is healthy, checked, not behind an open breaker and not in
+    /// `exclude` (already tried by this request). `key` steers the `consistent` strategy.
+    pub fn select(
+        &self,
+        key: &[u8],
+        exclude: &[SocketAddr],
+        now: Instant,
+    ) -> Option<Arc<BackendState>> {
+        let accept = |b: &Backend, healthy: bool| {
+            healthy
+                && b.ext.get::<Arc<BackendState>>().is_some_and(|s| {
+                    s.checked() && !exclude.contains(&s.addr) && s.breaker.available(now)
+                })
+        };
+        let key = if self.strategy == Strategy::Consistent {
+            key
+        } else {
+            b""
+        };
+        let b = with_lb!(&self.lb, l => l.select_with(key, 256, accept))?;
+        b.ext.get::<Arc<BackendState>>().cloned()
+    }
+
+    pub fn breaker_views(&self, now: Instant) -> Vec<(SocketAddr, BreakerView)> {
+        self.backends()
+            .iter()
+            .map(|(s, _)| (s.addr, s.breaker.view(now)))
+            .collect()
     }
 }
 
 struct DnsDiscovery {
     provider: Arc<str>,
     endpoints: Vec<Arc<Endpoint>>,
+    /// Whether endpoint weights count (`round_robin` ignores them).
+    weighted: bool,
+    breaker: BreakerPolicy,
+    checked_initially: bool,
     /// Last successful resolution per endpoint, kept when a later lookup fails.
-    last: Mutex<Vec<Vec<SocketAddr>>>,
+    last: parking_lot::Mutex<Vec<Vec<SocketAddr>>>,
+    /// Backend state by address, kept across re-resolutions (and so across DNS changes).
+    states: parking_lot::Mutex<HashMap<(usize, SocketAddr), Arc<BackendState>>>,
 }
 
 #[async_trait]
 impl ServiceDiscovery for DnsDiscovery {
     async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
         let mut backends = BTreeSet::new();
+        let mut live = Vec::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let addrs = match ep.ip {
                 Some(ip) => vec![SocketAddr::new(ip, ep.port)],
                 None => match resolve(&ep.host, ep.port).await {
                     Ok(a) if !a.is_empty() => {
-                        self.last.lock().unwrap_or_else(|p| p.into_inner())[i] = a.clone();
+                        self.last.lock()[i] = a.clone();
                         a
                     }
                     Ok(_) | Err(_) => {
-                        let kept = self.last.lock().unwrap_or_else(|p| p.into_inner())[i].clone();
+                        let kept = self.last.lock()[i].clone();
                         tracing::warn!(
                             provider = %self.provider,
                             host = %ep.host,
@@ -117,11 +288,25 @@ impl ServiceDiscovery for DnsDiscovery {
                 },
             };
             for addr in addrs {
+                live.push((i, addr));
+                let state = self
+                    .states
+                    .lock()
+                    .entry((i, addr))
+                    .or_insert_with(|| {
+                        Arc::new(BackendState::new(
+                            addr,
+                            ep.clone(),
+                            self.breaker,
+                            self.checked_initially,
+                        ))
+                    })
+                    .clone();
                 let mut ext = http::Extensions::new();
-                ext.insert(ep.clone());
+                ext.insert(state);
                 let fresh = backends.insert(Backend {
                     addr: PingoraAddr::Inet(addr),
-                    weight: ep.weight,
+                    weight: if self.weighted { ep.weight } else { 1 },
                     ext,
                 });
                 // Pingora's Backend identity is address + weight: a second endpoint on the same
@@ -136,6 +321,7 @@ impl ServiceDiscovery for DnsDiscovery {
                 }
             }
         }
+        self.states.lock().retain(|k, _| live.contains(k));
         Ok((backends, HashMap::new()))
     }
 }
@@ -161,49 +347,134 @@ mod tests {
     use super::*;
     use crate::config::EndpointSpec;
 
-    fn endpoint(url: &str) -> Arc<Endpoint> {
+    fn endpoint(url: &str, weight: usize) -> Arc<Endpoint> {
         Arc::new(
             Endpoint::parse(&EndpointSpec {
                 url: url.into(),
-                weight: 1,
+                weight,
                 sni: None,
             })
             .unwrap(),
         )
     }
 
+    fn pool(strategy: Strategy, endpoints: Vec<Arc<Endpoint>>) -> Pool {
+        Pool::new(PoolSettings {
+            provider: "p".into(),
+            endpoints,
+            strategy,
+            refresh: Duration::from_secs(30),
+            breaker: BreakerPolicy::try_new(1, Duration::from_secs(10), Duration::from_secs(10))
+                .unwrap(),
+            health: None,
+        })
+    }
+
+    fn ports(p: &Pool, n: usize, key: &[u8], exclude: &[SocketAddr]) -> Vec<u16> {
+        (0..n)
+            .filter_map(|_| p.select(key, exclude, Instant::now()))
+            .map(|s| s.addr.port())
+            .collect()
+    }
+
     #[tokio::test]
     async fn ip_and_localhost_endpoints_resolve_without_blocking() {
-        let pool = Pool::new(
-            "p".into(),
+        let p = pool(
+            Strategy::RoundRobin,
             vec![
-                endpoint("http://127.0.0.1:9001"),
-                endpoint("http://localhost:9002"),
+                endpoint("http://127.0.0.1:9001", 1),
+                endpoint("http://localhost:9002", 1),
             ],
-            Duration::from_secs(30),
         );
-        assert!(!pool.has_backends());
-        pool.refresh().await;
-        assert!(pool.resolved_once());
-        let mut ports: Vec<u16> = (0..4)
-            .filter_map(|_| pool.select())
-            .map(|s| s.addr.port())
-            .collect();
-        ports.sort();
-        ports.dedup();
-        assert_eq!(ports, vec![9001, 9002]);
+        assert!(!p.has_backends());
+        p.refresh().await;
+        assert!(p.resolved_once());
+        let mut got = ports(&p, 4, b"", &[]);
+        got.sort();
+        got.dedup();
+        assert_eq!(got, vec![9001, 9002]);
     }
 
     #[tokio::test]
     async fn an_unresolvable_name_leaves_the_pool_empty_without_panicking() {
-        let pool = Pool::new(
-            "p".into(),
-            vec![endpoint("http://no-such-host.invalid")],
-            Duration::from_secs(30),
+        let p = pool(
+            Strategy::RoundRobin,
+            vec![endpoint("http://no-such-host.invalid", 1)],
         );
-        pool.refresh().await;
-        assert!(pool.resolved_once());
-        assert!(!pool.has_backends());
-        assert!(pool.select().is_none());
+        p.refresh().await;
+        assert!(p.resolved_once());
+        assert!(!p.has_backends());
+        assert!(p.select(b"", &[], Instant::now()).is_none());
+    }
+
+    #[tokio::test]
+    async fn weights_count_only_for_weighted_strategies() {
+        let eps = vec![
+            endpoint("http://127.0.0.1:9001", 3),
+            endpoint("http://127.0.0.1:9002", 1),
+        ];
+        let rr = pool(Strategy::RoundRobin, eps.clone());
+        rr.refresh().await;
+        let got = ports(&rr, 400, b"", &[]);
+        let first = got.iter().filter(|p| **p == 9001).count();
+        assert!(
+            (150..=250).contains(&first),
+            "round_robin ignores weights: {first}/400"
+        );
+        let w = pool(Strategy::Weighted, eps);
+        w.refresh().await;
+        let got = ports(&w, 400, b"", &[]);
+        let first = got.iter().filter(|p| **p == 9001).count();
+        assert!(
+            (250..=350).contains(&first),
+            "weighted follows 3:1: {first}/400"
+        );
+    }
+
+    #[tokio::test]
+    async fn consistent_keeps_a_key_on_one_backend_and_moves_it_when_excluded() {
+        let eps = (1..=4)
+            .map(|i| endpoint(&format!("http://127.0.0.1:900{i}"), 1))
+            .collect();
+        let p = pool(Strategy::Consistent, eps);
+        p.refresh().await;
+        let a = ports(&p, 10, b"alice", &[]);
+        assert!(
+            a.windows(2).all(|w| w[0] == w[1]),
+            "one backend per caller: {a:?}"
+        );
+        let home: SocketAddr = format!("127.0.0.1:{}", a[0]).parse().unwrap();
+        let moved = ports(&p, 5, b"alice", &[home]);
+        assert!(moved.iter().all(|p| *p != home.port()));
+        assert!(
+            moved.windows(2).all(|w| w[0] == w[1]),
+            "and stays on its next one: {moved:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn open_breakers_and_exclusions_are_skipped() {
+        let p = pool(
+            Strategy::RoundRobin,
+            vec![
+                endpoint("http://127.0.0.1:9001", 1),
+                endpoint("http://127.0.0.1:9002", 1),
+            ],
+        );
+        p.refresh().await;
+        let b = p.select(b"", &[], Instant::now()).unwrap();
+        b.breaker
+            .admit(Instant::now())
+            .1
+            .unwrap()
+            .failure(Instant::now());
+        let got = ports(&p, 6, b"", &[]);
+        assert!(got.iter().all(|port| *port != b.addr.port()), "{got:?}");
+        let other = p.select(b"", &[], Instant::now()).unwrap();
+        assert!(
+            p.select(b"", &[other.addr], Instant::now()).is_none(),
+            "the other is open"
+        );
+        assert!(p.has_available());
     }
 }

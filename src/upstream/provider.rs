@@ -1,10 +1,11 @@
-//! A compiled provider: its endpoints, pool, key and how its kind authenticates.
+//! A compiled provider: its endpoints, pool, key ring and how its kind authenticates.
 
 use super::endpoint::Endpoint;
+use super::keys::KeyRing;
 use super::pool::Pool;
 use super::timeouts::Timeouts;
 use super::tls::CaList;
-use crate::config::{MockSpec, ProviderKind};
+use crate::config::{KeyAffinity, MockSpec, ProviderKind, RetrySpec};
 use crate::registry::ProviderId;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -20,32 +21,24 @@ pub struct ProviderKey {
     pub id: Arc<str>,
     header: HeaderName,
     value: HeaderValue,
+    /// The bare secret, to scrub it from provider error bodies.
+    secret: SecretText,
 }
 
-/// The compiled provider.
-#[derive(Debug)]
-pub struct Provider {
-    pub id: ProviderId,
-    pub name: Arc<str>,
-    pub kind: ProviderKind,
-    pub endpoints: Vec<Arc<Endpoint>>,
-    /// The key in use; `None` when the provider has no keys configured or none is usable.
-    pub key: Option<ProviderKey>,
-    /// How many keys are configured (0 means the provider needs none).
-    pub keys_configured: usize,
-    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
-    pub anthropic_version: HeaderValue,
-    pub timeouts: Timeouts,
-    pub ca: Option<CaList>,
-    /// `None` for the mock provider, which has no network backends.
-    pub pool: Option<Arc<Pool>>,
-    pub mock: Option<MockSpec>,
+/// A secret string whose `Debug` prints nothing.
+#[derive(Clone)]
+pub struct SecretText(Arc<str>);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
-impl Provider {
-    /// Builds the key for this provider's kind from its secret value. `None` when the value
-    /// cannot be a header value (empty, or with control characters).
-    pub fn make_key(kind: ProviderKind, id: &str, secret: &str) -> Option<ProviderKey> {
+impl ProviderKey {
+    /// The key for this provider kind. `None` when the value cannot be a header value (empty,
+    /// or with control characters).
+    pub fn new(kind: ProviderKind, id: &str, secret: &str) -> Option<ProviderKey> {
         let secret = secret.trim();
         if secret.is_empty() {
             return None;
@@ -64,9 +57,39 @@ impl Provider {
             id: Arc::from(id),
             header,
             value,
+            secret: SecretText(Arc::from(secret)),
         })
     }
 
+    pub fn secret(&self) -> &str {
+        &self.secret.0
+    }
+
+    /// Puts the key on a request, in the header its provider kind expects.
+    pub fn apply(&self, req: &mut RequestHeader) -> pingora::Result<()> {
+        req.insert_header(self.header.clone(), self.value.clone())
+    }
+}
+
+/// The compiled provider.
+#[derive(Debug)]
+pub struct Provider {
+    pub id: ProviderId,
+    pub name: Arc<str>,
+    pub kind: ProviderKind,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub keys: Arc<KeyRing>,
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    pub anthropic_version: HeaderValue,
+    pub timeouts: Timeouts,
+    pub retry: RetrySpec,
+    pub ca: Option<CaList>,
+    /// `None` for the mock provider, which has no network backends.
+    pub pool: Option<Arc<Pool>>,
+    pub mock: Option<MockSpec>,
+}
+
+impl Provider {
     /// The mock that answers `X-Test-Mode` requests when the configuration has none.
     pub fn builtin_mock(id: ProviderId) -> Provider {
         Provider {
@@ -74,33 +97,38 @@ impl Provider {
             name: Arc::from("test-mode"),
             kind: ProviderKind::Mock,
             endpoints: Vec::new(),
-            key: None,
-            keys_configured: 0,
+            keys: Arc::new(KeyRing::new(ProviderKind::Mock, KeyAffinity::None, Vec::new()).0),
             extra_headers: Vec::new(),
             anthropic_version: HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
             timeouts: Timeouts::DEFAULT,
+            retry: RetrySpec::default(),
             ca: None,
             pool: None,
             mock: Some(MockSpec::default()),
         }
     }
 
-    /// Whether requests can be sent: the mock always; others need a resolved backend and, when
-    /// keys are configured, a usable one.
+    /// Whether requests can be sent now: the mock always; others need a backend that is up and
+    /// not behind an open breaker, and, when keys are configured, a usable key.
     pub fn is_usable(&self) -> bool {
         match (&self.pool, self.kind) {
             (_, ProviderKind::Mock) => true,
             (Some(pool), _) => {
-                pool.has_backends() && (self.keys_configured == 0 || self.key.is_some())
+                pool.has_available()
+                    && (self.keys.is_empty() || self.keys.has_usable(tokio::time::Instant::now()))
             }
             (None, _) => false,
         }
     }
 
     /// Puts this provider's credentials and static headers on an upstream request.
-    pub fn apply_auth(&self, req: &mut RequestHeader) -> pingora::Result<()> {
-        if let Some(k) = &self.key {
-            req.insert_header(k.header.clone(), k.value.clone())?;
+    pub fn apply_auth(
+        &self,
+        req: &mut RequestHeader,
+        key: Option<&ProviderKey>,
+    ) -> pingora::Result<()> {
+        if let Some(k) = key {
+            k.apply(req)?;
         }
         if self.kind == ProviderKind::Anthropic && req.headers.get("anthropic-version").is_none() {
             req.insert_header("anthropic-version", self.anthropic_version.clone())?;
@@ -118,20 +146,20 @@ mod tests {
 
     #[test]
     fn each_kind_authenticates_its_way() {
-        let k = Provider::make_key(ProviderKind::Openai, "a", "sk-1").unwrap();
+        let k = ProviderKey::new(ProviderKind::Openai, "a", "sk-1").unwrap();
         assert_eq!(k.header, http::header::AUTHORIZATION);
         assert_eq!(k.value, "Bearer sk-1");
-        let k = Provider::make_key(ProviderKind::Anthropic, "a", "sk-ant").unwrap();
+        let k = ProviderKey::new(ProviderKind::Anthropic, "a", "sk-ant").unwrap();
         assert_eq!(k.header, "x-api-key");
-        let k = Provider::make_key(ProviderKind::Azure, "a", "az").unwrap();
+        let k = ProviderKey::new(ProviderKind::Azure, "a", "az").unwrap();
         assert_eq!(k.header, "api-key");
-        assert!(Provider::make_key(ProviderKind::Openai, "a", "  ").is_none());
-        assert!(Provider::make_key(ProviderKind::Openai, "a", "bad\nkey").is_none());
+        assert!(ProviderKey::new(ProviderKind::Openai, "a", "  ").is_none());
+        assert!(ProviderKey::new(ProviderKind::Openai, "a", "bad\nkey").is_none());
     }
 
     #[test]
     fn key_debug_hides_the_secret() {
-        let k = Provider::make_key(ProviderKind::Openai, "a", "sk-verysecret").unwrap();
+        let k = ProviderKey::new(ProviderKind::Openai, "a", "sk-verysecret").unwrap();
         assert!(!format!("{k:?}").contains("verysecret"));
     }
 }

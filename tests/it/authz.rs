@@ -153,7 +153,8 @@ async fn model_lists_and_suggestions_show_only_allowed_models() {
 
 #[tokio::test]
 async fn endpoint_groups_apply_to_local_endpoints_too() {
-    let cfg = auth_config("http://127.0.0.1:9", "").replace(
+    let up = MockUpstream::openai_like().await;
+    let cfg = auth_config(&up.url(), "").replace(
         "    service: { models: ['*'], endpoints: [embeddings, models] }",
         "    service: { models: ['*'], endpoints: [embeddings, models] }\n    chatonly: { models: ['*'], endpoints: [chat] }",
     );

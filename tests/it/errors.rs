@@ -136,16 +136,41 @@ async fn provider_401_and_403_become_502_provider_auth_failed() {
 }
 
 #[tokio::test]
-async fn dead_provider_is_502_bad_upstream_response() {
-    // A port nothing listens on.
+async fn dead_provider_is_a_fast_503_when_health_checks_saw_it() {
+    // A port nothing listens on: the start-up health check finds it down.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     let gw = TestGateway::start(&openai_config(&format!("http://{dead}")));
+    let started = std::time::Instant::now();
+    let r = gw.chat("gpt-4o").await;
+    let (h, _) = expect_error(r, 503, "upstream_error", "no_healthy_upstream").await;
+    assert!(h.contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no attempt is made"
+    );
+}
+
+#[tokio::test]
+async fn dead_provider_without_health_checks_is_502_bad_upstream_response() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = openai_config(&format!("http://{dead}")).replace(
+        "    keys:",
+        "    health_check: { enabled: false }\n    keys:",
+    );
+    let gw = TestGateway::start(&cfg);
     let r = gw.chat("gpt-4o").await;
     let (h, _) = expect_error(r, 502, "upstream_error", "bad_upstream_response").await;
     assert_eq!(h["x-ultra-provider"], "up");
+    assert_eq!(
+        h["x-should-retry"], "false",
+        "final: the gateway retried already"
+    );
 }
 
 #[tokio::test]

@@ -41,7 +41,28 @@ async fn unknown_ca_is_refused() {
     )
     .await;
     let url = format!("https://localhost:{}", up.addr.port());
+    // The health check trusts what traffic trusts: it finds the backend unverifiable.
     let gw = TestGateway::start(&config_for("openai", &url, ""));
+    let r = gw.chat("gpt-4o").await;
+    assert_eq!(r.status(), 503);
+    let ready: serde_json::Value = client()
+        .get(gw.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["unservable_models"],
+        serde_json::json!(["gpt-4o-mini", "gpt-4o"])
+    );
+    // Without health checks, the request itself fails the handshake.
+    let cfg = config_for("openai", &url, "").replace(
+        "    keys:",
+        "    health_check: { enabled: false }\n    keys:",
+    );
+    let gw = TestGateway::start(&cfg);
     let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().await.unwrap();
@@ -72,7 +93,10 @@ async fn ip_endpoint_verifies_the_ip_in_the_certificate() {
         &format!("{{ url: '{url}', sni: wrong.example }}"),
         "",
     )
-    .replace("    keys:", "    ca_file: ca.pem\n    keys:");
+    .replace(
+        "    keys:",
+        "    ca_file: ca.pem\n    health_check: { enabled: false }\n    keys:",
+    );
     let gw = TestGateway::start_with(&cfg, &[("ca.pem", &pki.ca_pem)], &[]);
     let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 502);

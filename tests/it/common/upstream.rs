@@ -37,6 +37,10 @@ impl Received {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("upstream received JSON")
     }
+
+    pub fn is_probe(&self) -> bool {
+        self.header("user-agent") == Some("ultra-gateway-health-check")
+    }
 }
 
 /// How the upstream answers.
@@ -65,6 +69,19 @@ pub enum Reply {
 
 pub type Handler = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
 
+/// The runtime every mock upstream runs on.
+fn mock_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mock-upstream")
+            .enable_all()
+            .build()
+            .expect("mock upstream runtime")
+    })
+}
+
 pub struct MockUpstream {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
@@ -79,8 +96,16 @@ impl Drop for MockUpstream {
 }
 
 impl MockUpstream {
-    /// Starts a plain-HTTP upstream.
+    /// Starts a plain-HTTP upstream. The gateway's health-check probes get a 200 (use
+    /// `start_all` for a handler that answers them too).
     pub async fn start(
+        handler: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> MockUpstream {
+        Self::start_inner(Arc::new(answer_probes(handler)), None).await
+    }
+
+    /// Starts a plain-HTTP upstream whose handler also answers health-check probes.
+    pub async fn start_all(
         handler: impl Fn(&Received) -> Reply + Send + Sync + 'static,
     ) -> MockUpstream {
         Self::start_inner(Arc::new(handler), None).await
@@ -92,7 +117,7 @@ impl MockUpstream {
         tls: Arc<tokio_rustls::rustls::ServerConfig>,
     ) -> MockUpstream {
         Self::start_inner(
-            Arc::new(handler),
+            Arc::new(answer_probes(handler)),
             Some(tokio_rustls::TlsAcceptor::from(tls)),
         )
         .await
@@ -112,14 +137,16 @@ impl MockUpstream {
     }
 
     async fn start_inner(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> MockUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().unwrap();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let streams_dropped = Arc::new(AtomicUsize::new(0));
         let (rec, dropped) = (received.clone(), streams_dropped.clone());
-        let task = tokio::spawn(async move {
+        // On a runtime of its own: the test's runtime may be blocked (e.g. waiting for the gateway
+        // to start) while the gateway already calls this upstream (health checks, JWKS).
+        let task = mock_runtime().spawn(async move {
+            let listener = TcpListener::from_std(std_listener).expect("listener");
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
@@ -158,8 +185,26 @@ impl MockUpstream {
         format!("http://{}", self.addr)
     }
 
+    /// Requests received, health-check probes left out.
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| !r.is_probe())
+            .cloned()
+            .collect()
+    }
+
+    /// The gateway's health-check probes received.
+    pub fn probes(&self) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.is_probe())
+            .cloned()
+            .collect()
     }
 
     /// The only request received; panics if there were none or several.
@@ -309,4 +354,17 @@ pub fn chat_completion(model: &str, text: &str) -> serde_json::Value {
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
     })
+}
+
+/// Wraps a handler so that health-check probes get `200 {"object":"list","data":[]}`.
+fn answer_probes(
+    handler: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+) -> impl Fn(&Received) -> Reply + Send + Sync + 'static {
+    move |r: &Received| {
+        if r.is_probe() {
+            Reply::Json(200, serde_json::json!({"object": "list", "data": []}))
+        } else {
+            handler(r)
+        }
+    }
 }

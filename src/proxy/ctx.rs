@@ -1,0 +1,136 @@
+//! Per-request state, carried from hook to hook: plain data, no locks.
+
+use super::attempts::Plan;
+use super::errors::GatewayError;
+use super::response_body::ResponseWatch;
+use super::route::Route;
+use super::timers::AttemptTimer;
+use super::DEFAULT_MODEL_HEADER;
+use crate::auth::Principal;
+use crate::runtime::Runtime;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct RequestCtx {
+    pub(super) started: Instant,
+    pub(super) rt: Option<Arc<Runtime>>,
+    pub(super) request_id: String,
+    /// Normalised path.
+    pub(super) path: String,
+    pub(super) route: Option<Route>,
+    /// The body's `model`, once read.
+    pub(super) requested_model: Option<Box<str>>,
+    /// The body as the client sent it.
+    pub(super) original_body: Bytes,
+    /// The body for the current attempt (model renamed for its target).
+    pub(super) body: Bytes,
+    /// The target index `body` was made for.
+    pub(super) body_target: Option<usize>,
+    /// Targets, backends and keys tried; the attempt in flight.
+    pub(super) plan: Option<Plan>,
+    /// Our `upstream_response_filter` asked Pingora to retry (a status, not an I/O error).
+    pub(super) retry_requested: bool,
+    /// Who served the last attempt, for headers and logs.
+    pub(super) last_provider: Option<Arc<str>>,
+    pub(super) last_backend: Option<SocketAddr>,
+    pub(super) last_key_id: Option<Arc<str>>,
+    pub(super) upstream_sent: Option<Instant>,
+    pub(super) upstream_header: Option<Instant>,
+    pub(super) upstream_done: Option<Instant>,
+    pub(super) response: ResponseWatch,
+    /// The current attempt's own timers (first byte, between chunks, total).
+    pub(super) timer: Option<AttemptTimer>,
+    /// The response broke after it had begun (upstream error or timeout mid-body).
+    pub(super) stream_broken: bool,
+    /// Status of a response the gateway wrote itself.
+    pub(super) local_status: Option<u16>,
+    pub(super) bytes_out: usize,
+    pub(super) error_code: Option<&'static str>,
+    /// The error `fail_to_proxy` should answer with, set by the hook that failed.
+    pub(super) pending_error: Option<GatewayError>,
+    /// This request only relays a subrequest that does the proxying (and the logging).
+    pub(super) relayed: bool,
+    pub(super) principal: Option<Principal>,
+    /// The canonical model id, once resolved (for the audit log).
+    pub(super) model_id: Option<Arc<str>>,
+    /// Metric label: the endpoint group or local endpoint.
+    pub(super) endpoint: Cow<'static, str>,
+    pub(super) audited: bool,
+    /// `X-Test-Mode: true` in development.
+    pub(super) test_mode: bool,
+}
+
+impl RequestCtx {
+    pub fn new() -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            rt: None,
+            request_id: String::new(),
+            path: String::new(),
+            route: None,
+            requested_model: None,
+            original_body: Bytes::new(),
+            body: Bytes::new(),
+            body_target: None,
+            plan: None,
+            retry_requested: false,
+            last_provider: None,
+            last_backend: None,
+            last_key_id: None,
+            upstream_sent: None,
+            upstream_header: None,
+            upstream_done: None,
+            response: ResponseWatch::default(),
+            timer: None,
+            stream_broken: false,
+            local_status: None,
+            bytes_out: 0,
+            error_code: None,
+            pending_error: None,
+            relayed: false,
+            principal: None,
+            model_id: None,
+            endpoint: Cow::Borrowed("unknown"),
+            audited: false,
+            test_mode: false,
+        }
+    }
+
+    /// The provider that served (or last tried to serve) this request.
+    pub(super) fn provider_name(&self) -> Option<&str> {
+        self.last_provider
+            .as_deref()
+            .or_else(|| self.route.as_ref().map(|r| &*r.target.provider_name))
+    }
+
+    /// Upstream requests made for this request.
+    pub(super) fn attempts(&self) -> u32 {
+        self.plan.as_ref().map_or(0, |p| p.made)
+    }
+
+    /// Adds the gateway's headers to a response for this request.
+    pub(super) fn decorate(&self, h: &mut ResponseHeader) {
+        let _ = h.insert_header("x-request-id", &self.request_id);
+        if let Some(p) = self.provider_name() {
+            let _ = h.insert_header("x-ultra-provider", p);
+        }
+        if self.attempts() > 0 {
+            let _ = h.insert_header("x-ultra-attempts", self.attempts().to_string());
+        }
+        if let Some(r) = &self.route {
+            if r.default_model_used {
+                let _ = h.insert_header(DEFAULT_MODEL_HEADER, &*r.model_id);
+            }
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,168 @@
+//! Watching provider responses on their way to the client, without holding streams back:
+//! in-band SSE error events (they count against the backend's breaker), and provider error
+//! bodies that echo a key (`Incorrect API key provided: sk-...`), which are scrubbed before they
+//! reach the client or a log. Also the SSE error event that ends a stream that broke after its
+//! first byte.
+
+use super::errors::GatewayError;
+use crate::upstream::provider::ProviderKey;
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use std::sync::Arc;
+
+/// Error bodies larger than this are passed on unscrubbed rather than held in memory.
+const MAX_SCRUBBED_BODY: usize = 256 * 1024;
+
+#[derive(Debug, Default)]
+pub struct ResponseWatch {
+    /// The response is a `text/event-stream`.
+    pub sse: bool,
+    /// An SSE event carried an `error` object.
+    pub error_event: bool,
+    /// An error body being collected for scrubbing, with the secrets to remove.
+    scrub: Option<(BytesMut, Vec<Arc<ProviderKey>>)>,
+}
+
+impl ResponseWatch {
+    /// Looks at the response header. Error responses are collected and scrubbed, so their
+    /// length may change: `Content-Length` goes (the client gets a chunked body).
+    pub fn start(&mut self, resp: &mut ResponseHeader, secrets: Vec<Arc<ProviderKey>>) {
+        self.sse = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if resp.status.as_u16() >= 400 && !self.sse {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            self.scrub = Some((BytesMut::new(), secrets));
+        }
+    }
+
+    /// Sees one body chunk (replacing it when an error body is being scrubbed).
+    pub fn chunk(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) {
+        if self.sse {
+            if let Some(b) = body {
+                if contains(b, b"data: {\"error\"")
+                    || contains(b, b"data:{\"error\"")
+                    || contains(b, b"event: error")
+                {
+                    self.error_event = true;
+                }
+            }
+            return;
+        }
+        let Some((buf, secrets)) = &mut self.scrub else {
+            return;
+        };
+        if let Some(b) = body.take() {
+            buf.extend_from_slice(&b);
+        }
+        if buf.len() > MAX_SCRUBBED_BODY {
+            // Too large to be a provider error message: pass it on as it is.
+            *body = Some(std::mem::take(buf).freeze());
+            self.scrub = None;
+            return;
+        }
+        *body = if end_of_stream {
+            Some(Bytes::from(scrub(buf, secrets)))
+        } else {
+            Some(Bytes::new())
+        };
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Removes the configured secrets and anything shaped like a provider key (`sk-` and at least
+/// six key characters, as OpenAI echoes them, partly masked) from an error body.
+pub fn scrub(body: &[u8], secrets: &[Arc<ProviderKey>]) -> Vec<u8> {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    for s in secrets {
+        if !s.secret().is_empty() {
+            text = text.replace(s.secret(), "***");
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("sk-") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 3..];
+        let run = after
+            .char_indices()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*' | '.')))
+            .map_or(after.len(), |(j, _)| j);
+        if run >= 6 {
+            out.push_str("sk-***");
+        } else {
+            out.push_str(&rest[i..i + 3 + run]);
+        }
+        rest = &after[run..];
+    }
+    out.push_str(rest);
+    out.into_bytes()
+}
+
+/// The event that ends an SSE stream that broke after its first byte, so that clients see an
+/// error rather than a silently truncated answer.
+pub fn sse_error_event(e: &GatewayError) -> Bytes {
+    let v = serde_json::json!({
+        "error": { "message": e.message(), "type": e.error_type(), "param": null, "code": e.code() }
+    });
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProviderKind;
+
+    #[test]
+    fn scrubs_configured_keys_and_key_shapes() {
+        let k = Arc::new(
+            ProviderKey::new(ProviderKind::Openai, "a", "sk-proj-abcdefghijklmnop").unwrap(),
+        );
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-proj-abcdefghijklmnop. Also sk-abc***xyz1 and sk-1."}}"#;
+        let out = String::from_utf8(scrub(body, &[k])).unwrap();
+        assert!(!out.contains("abcdefghijklmnop"), "{out}");
+        assert!(!out.contains("abc***xyz1"), "{out}");
+        assert!(out.contains("sk-1."), "short runs are not keys: {out}");
+        assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
+    }
+
+    #[test]
+    fn error_bodies_are_collected_then_scrubbed() {
+        let mut resp = ResponseHeader::build(400, None).unwrap();
+        resp.insert_header("content-type", "application/json")
+            .unwrap();
+        resp.insert_header("content-length", "99").unwrap();
+        let mut w = ResponseWatch::default();
+        w.start(&mut resp, vec![]);
+        assert!(resp.headers.get("content-length").is_none());
+        let mut first = Some(Bytes::from_static(b"{\"m\":\"key sk-abcdef"));
+        w.chunk(&mut first, false);
+        assert_eq!(first.as_deref(), Some(&b""[..]));
+        let mut last = Some(Bytes::from_static(b"ghij\"}"));
+        w.chunk(&mut last, true);
+        assert_eq!(last.as_deref(), Some(&b"{\"m\":\"key sk-***\"}"[..]));
+    }
+
+    #[test]
+    fn sse_error_events_are_noticed() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-type", "text/event-stream")
+            .unwrap();
+        let mut w = ResponseWatch::default();
+        w.start(&mut resp, vec![]);
+        let mut b = Some(Bytes::from_static(b"data: {\"choices\":[]}\n\n"));
+        w.chunk(&mut b, false);
+        assert!(!w.error_event);
+        let mut b = Some(Bytes::from_static(
+            b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n",
+        ));
+        w.chunk(&mut b, false);
+        assert!(w.error_event);
+        assert!(sse_error_event(&GatewayError::Internal).starts_with(b"data: {\"error\""));
+    }
+}

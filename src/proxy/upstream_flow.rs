@@ -1,0 +1,306 @@
+//! What the upstream hooks decide: the peer of the next attempt, what a provider's status means
+//! for the key ring, the breaker and the retry budget, which errors are retried, and how the last
+//! attempt ends.
+
+use super::ctx::RequestCtx;
+use super::errors::GatewayError;
+use super::headers;
+use super::model_field;
+use crate::upstream::peer::http_peer;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
+use std::time::Instant;
+
+/// The peer for the next attempt (the first was chosen while routing).
+pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let Some(rt) = ctx.rt.clone() else {
+        return Error::e_explain(ErrorType::InternalError, "upstream_peer without a runtime");
+    };
+    let subject = ctx
+        .principal
+        .as_ref()
+        .map(|p| p.subject.clone())
+        .unwrap_or_else(|| "".into());
+    let Some(plan) = ctx.plan.as_mut() else {
+        return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+    };
+    if plan.current.is_none() {
+        let caller = super::attempts::caller_hash(&subject);
+        if let Err(e) = plan.next(&rt, caller, subject.as_bytes(), tokio::time::Instant::now()) {
+            ctx.pending_error = Some(e);
+            return Error::e_explain(ErrorType::ConnectNoRoute, "no target left to try");
+        }
+    }
+    let plan = ctx.plan.as_ref().expect("checked above");
+    let attempt = plan.current.as_ref().expect("set above");
+    let target = &plan.targets[attempt.target];
+    if ctx.body_target != Some(attempt.target) {
+        let renamed = ctx.requested_model.as_deref() != Some(&*target.upstream_model);
+        ctx.body = if renamed {
+            model_field::rewrite_model(&ctx.original_body, &target.upstream_model)
+                .unwrap_or_else(|| ctx.original_body.clone())
+        } else {
+            ctx.original_body.clone()
+        };
+        ctx.body_target = Some(attempt.target);
+    }
+    ctx.last_provider = Some(target.provider_name.clone());
+    ctx.last_backend = Some(attempt.backend.addr);
+    ctx.last_key_id = attempt.key.as_ref().map(|(_, k)| k.id.clone());
+    let provider = rt.provider(attempt.provider);
+    Ok(Box::new(http_peer(
+        &attempt.backend,
+        provider.ca.as_ref(),
+        &target.timeouts,
+    )))
+}
+
+/// Rewrites the client's request for the current attempt's provider and backend.
+pub fn prepare_request(ctx: &mut RequestCtx, req: &mut RequestHeader) -> Result<()> {
+    let (Some(rt), Some(plan)) = (&ctx.rt, &ctx.plan) else {
+        return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
+    };
+    let Some(a) = plan.current.as_ref() else {
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "upstream request without an attempt",
+        );
+    };
+    headers::scrub_request(req);
+    let ep = &a.backend.endpoint;
+    let mut path = ep.upstream_path(&ctx.path);
+    if let Some(q) = req.uri.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    req.set_uri(
+        http::Uri::try_from(path).or_err(ErrorType::InternalError, "building upstream URI")?,
+    );
+    req.insert_header("host", &ep.host_header)?;
+    rt.provider(a.provider)
+        .apply_auth(req, a.key.as_ref().map(|(_, k)| &**k))?;
+    req.insert_header("content-length", ctx.body.len().to_string())?;
+    req.insert_header("accept-encoding", "identity")?;
+    req.insert_header("x-request-id", &ctx.request_id)?;
+    ctx.upstream_sent = Some(Instant::now());
+    Ok(())
+}
+
+/// A provider's response header: keys that the provider refused rotate, a 5xx moves on while
+/// another attempt is possible; anything else goes to the client.
+pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
+    if resp.status.is_informational() {
+        return Ok(());
+    }
+    ctx.upstream_header = Some(Instant::now());
+    let status = resp.status.as_u16();
+    let now = tokio::time::Instant::now();
+    let (Some(rt), Some(plan)) = (ctx.rt.clone(), ctx.plan.as_mut()) else {
+        return Error::e_explain(ErrorType::InternalError, "response without a route");
+    };
+    let Some(a) = plan.current.as_ref() else {
+        return Error::e_explain(ErrorType::InternalError, "response without an attempt");
+    };
+    let provider = rt.provider(a.provider);
+    let key = a.key.as_ref().map(|(i, k)| (*i, k.id.clone()));
+    if let Some((i, _)) = &key {
+        provider.keys.observe(*i, status);
+    }
+    let refused = |why: &str| {
+        tracing::warn!(
+            request_id = %ctx.request_id,
+            provider = %provider.name,
+            key_id = key.as_ref().map_or("-", |(_, id)| &**id),
+            status,
+            "{why}"
+        );
+    };
+    match status {
+        401 | 403 => {
+            refused("provider refused the gateway's key; trying another");
+            if let (401, Some((i, _))) = (status, &key) {
+                provider.keys.disable(*i, "unauthorized");
+            }
+            plan.key_failed(Some(GatewayError::ProviderAuthFailed {
+                provider: provider.name.to_string(),
+            }));
+            retry(ctx, status)
+        }
+        429 => {
+            refused("provider rate-limited the gateway's key; trying another");
+            if let Some((i, _)) = &key {
+                provider.keys.cool_down(*i, &resp.headers, now);
+            }
+            plan.key_failed(None);
+            retry(ctx, status)
+        }
+        500..=599 if plan.could_continue(&rt, now) => {
+            a.backend.record_error(format!("status {status}"));
+            plan.backend_failed(
+                GatewayError::BadUpstream {
+                    provider: provider.name.to_string(),
+                    detail: "it answered with a server error",
+                },
+                now,
+            );
+            retry(ctx, status)
+        }
+        _ => {
+            headers::scrub_response(resp);
+            if status >= 500 {
+                // Final: the gateway retried already; SDK retries would multiply its attempts.
+                let _ = resp.insert_header("x-should-retry", "false");
+            }
+            ctx.response.start(resp, provider.keys.secrets());
+            ctx.decorate(resp);
+            Ok(())
+        }
+    }
+}
+
+/// Asks Pingora to try again (it then calls `upstream_peer`, which picks the next attempt).
+fn retry(ctx: &mut RequestCtx, status: u16) -> Result<()> {
+    ctx.retry_requested = true;
+    let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying elsewhere");
+    e.set_retry(true);
+    Err(e)
+}
+
+/// Connecting failed (refused, TLS, timeout): the backend is at fault.
+pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    let now = tokio::time::Instant::now();
+    let failure = classify(&e, ctx).unwrap_or(GatewayError::Internal);
+    if let Some(plan) = ctx.plan.as_mut() {
+        if let Some(a) = &plan.current {
+            a.backend.record_error(e.etype().as_str());
+        }
+        plan.backend_failed(failure, now);
+        e.set_retry(plan.budget_left(now));
+    } else {
+        e.set_retry(false);
+    }
+    e
+}
+
+/// An error once connected. Before the response reached the client it is retried (a 5xx we
+/// asked for, a reused connection the provider had closed, a timeout before the first byte);
+/// after, the stream is broken and the client gets an SSE error event (`fail_to_proxy`).
+pub fn on_proxy_error(
+    ctx: &mut RequestCtx,
+    mut e: Box<Error>,
+    written: bool,
+    reused: bool,
+) -> Box<Error> {
+    if std::mem::take(&mut ctx.retry_requested) {
+        e.set_retry(true);
+        return e;
+    }
+    let now = tokio::time::Instant::now();
+    let Some(plan) = ctx.plan.as_mut() else {
+        e.set_retry(false);
+        return e;
+    };
+    if written || e.esource() == &ErrorSource::Downstream {
+        e.set_retry(false);
+        return e;
+    }
+    let stale_connection = reused
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+        );
+    if stale_connection {
+        // The provider closed an idle pooled connection: not the backend's fault, try again.
+        plan.current = None;
+        e.set_retry(true);
+        return e;
+    }
+    let failure = classify(&e, ctx).unwrap_or(GatewayError::Internal);
+    let Some(plan) = ctx.plan.as_mut() else {
+        return e;
+    };
+    if let Some(a) = &plan.current {
+        a.backend.record_error(e.etype().as_str());
+    }
+    plan.backend_failed(failure, now);
+    e.set_retry(plan.budget_left(now));
+    e
+}
+
+/// The request is over: the last attempt's breaker and latency get its outcome.
+pub fn finish(ctx: &mut RequestCtx, status: u16, client_gone: bool, broke: bool) {
+    let Some(a) = ctx.plan.as_mut().and_then(|p| p.current.take()) else {
+        return;
+    };
+    let now = tokio::time::Instant::now();
+    let failed = status >= 500 || status == 0 || broke || ctx.response.error_event;
+    if let Some(t) = a.ticket {
+        if client_gone && !broke {
+            drop(t);
+        } else if failed {
+            t.failure(now);
+        } else {
+            t.success();
+        }
+    }
+    if failed && !client_gone {
+        a.backend.record_error(if ctx.response.error_event {
+            "error event in stream".to_string()
+        } else {
+            format!("status {status}")
+        });
+    } else if !failed {
+        a.backend.record_latency(a.started.elapsed());
+    }
+}
+
+/// Maps a Pingora error to the gateway error the client sees; `None` when the client is gone.
+pub fn classify(e: &Error, ctx: &RequestCtx) -> Option<GatewayError> {
+    let provider = || ctx.provider_name().unwrap_or_default().to_string();
+    match (e.esource(), e.etype()) {
+        (ErrorSource::Downstream, _) => None,
+        // A write to or read from the client that failed outside the proxy phase (e.g. while
+        // the mock streams): the client went away.
+        (
+            ErrorSource::Unset | ErrorSource::Internal,
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+        ) => None,
+        _ if ctx.timer.as_ref().is_some_and(|t| t.expired().is_some()) => {
+            Some(GatewayError::UpstreamTimeout {
+                provider: provider(),
+            })
+        }
+        (
+            _,
+            ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout,
+        ) => Some(GatewayError::UpstreamTimeout {
+            provider: provider(),
+        }),
+        (
+            _,
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::SocketError
+            | ErrorType::BindError,
+        ) => Some(GatewayError::BadUpstream {
+            provider: provider(),
+            detail: "could not connect",
+        }),
+        (_, ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert) => {
+            Some(GatewayError::BadUpstream {
+                provider: provider(),
+                detail: "TLS handshake failed",
+            })
+        }
+        (ErrorSource::Upstream, _) => Some(GatewayError::BadUpstream {
+            provider: provider(),
+            detail: "the connection failed or the response was malformed",
+        }),
+        _ => Some(GatewayError::Internal),
+    }
+}

@@ -1,0 +1,150 @@
+//! Active health checks of a provider's backends: an HTTP `GET` of a cheap path (default
+//! `/v1/models`) carrying a currently usable provider key, or a TCP connect. Only connect and TLS
+//! errors, timeouts and 5xx take a backend down: a 401 or 429 is about the key (the key ring
+//! hears of it), not about the backend. The probe uses the same peer as traffic (CA list, SNI,
+//! Host), so what the check trusts is what requests trust.
+//!
+//! Pingora's own `HttpHealthCheck` sends one fixed request with one Host/SNI, counts only 200
+//! as healthy and ignores a per-provider CA (0.9.1), hence this implementation.
+
+use super::keys::{KeyPick, KeyRing};
+use super::peer::http_peer;
+use super::pool::BackendState;
+use super::timeouts::Timeouts;
+use super::tls::CaList;
+use crate::config::{HealthCheckKind, HealthCheckSpec, ProviderKind};
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::lb::health_check::HealthCheck;
+use pingora::lb::Backend;
+use pingora::{Error, ErrorType};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct ProviderProbe {
+    kind: HealthCheckKind,
+    path: String,
+    timeout: Duration,
+    healthy_after: usize,
+    unhealthy_after: usize,
+    provider_kind: ProviderKind,
+    anthropic_version: HeaderValue,
+    keys: Arc<KeyRing>,
+    ca: Option<CaList>,
+    connector: Connector,
+}
+
+impl ProviderProbe {
+    pub fn new(
+        spec: &HealthCheckSpec,
+        provider_kind: ProviderKind,
+        anthropic_version: HeaderValue,
+        keys: Arc<KeyRing>,
+        ca: Option<CaList>,
+    ) -> ProviderProbe {
+        ProviderProbe {
+            kind: spec.kind,
+            path: spec.path.clone(),
+            timeout: Duration::from_millis(spec.timeout_ms),
+            healthy_after: spec.healthy_after,
+            unhealthy_after: spec.unhealthy_after,
+            provider_kind,
+            anthropic_version,
+            keys,
+            ca,
+            connector: Connector::new(None),
+        }
+    }
+
+    async fn probe(&self, state: &BackendState) -> pingora::Result<()> {
+        let t = Timeouts {
+            connect: self.timeout,
+            first_byte: self.timeout,
+            between_chunks: self.timeout,
+            total: self.timeout,
+        };
+        if self.kind == HealthCheckKind::Tcp {
+            return match tokio::time::timeout(
+                self.timeout,
+                tokio::net::TcpStream::connect(state.addr),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Error::e_because(ErrorType::ConnectError, "health check connect", e),
+                Err(_) => {
+                    Error::e_explain(ErrorType::ConnectTimedout, "health check connect timed out")
+                }
+            };
+        }
+        let peer = http_peer(state, self.ca.as_ref(), &t);
+        let (mut session, _) = self.connector.get_http_session(&peer).await?;
+        let mut req = RequestHeader::build(
+            "GET",
+            state.endpoint.upstream_path(&self.path).as_bytes(),
+            None,
+        )?;
+        req.insert_header("host", &state.endpoint.host_header)?;
+        req.insert_header("user-agent", "ultra-gateway-health-check")?;
+        req.insert_header("accept", "application/json")?;
+        let key = match self.keys.pick(None, &[], tokio::time::Instant::now()) {
+            KeyPick::Key(i, k) => Some((i, k)),
+            _ => None,
+        };
+        if let Some((_, k)) = &key {
+            k.apply(&mut req)?;
+        }
+        if self.provider_kind == ProviderKind::Anthropic {
+            req.insert_header("anthropic-version", self.anthropic_version.clone())?;
+        }
+        session.write_request_header(Box::new(req)).await?;
+        session.finish_request_body().await?;
+        session.read_response_header().await?;
+        let status = session
+            .response_header()
+            .map(|h| h.status.as_u16())
+            .unwrap_or(0);
+        if let Some((i, _)) = key {
+            self.keys.observe(i, status);
+            if status == 401 {
+                self.keys.disable(i, "unauthorized");
+            }
+        }
+        if status >= 500 || status == 0 {
+            return Error::e_explain(ErrorType::HTTPStatus(status), "health check answered 5xx");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HealthCheck for ProviderProbe {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let Some(state) = target.ext.get::<Arc<BackendState>>() else {
+            return Error::e_explain(ErrorType::InternalError, "backend without state");
+        };
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.timeout, self.probe(state)).await {
+            Ok(r) => r,
+            Err(_) => Error::e_explain(ErrorType::ReadTimedout, "health check timed out"),
+        };
+        match &result {
+            Ok(()) => {
+                state.mark_checked();
+                state.record_latency(started.elapsed());
+            }
+            Err(e) => state.record_error(format!("health check: {}", e.etype().as_str())),
+        }
+        result
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.healthy_after
+        } else {
+            self.unhealthy_after
+        }
+    }
+}

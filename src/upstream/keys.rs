@@ -1,0 +1,523 @@
+//! A provider's key ring: round-robin over the usable keys (or one key per caller with
+//! `key_affinity: caller`); a 429 cools a key down for the provider's `Retry-After`,
+//! `retry-after-ms` or `x-ratelimit-reset-*` (default 30 s); a 401 (and a 429 whose body says
+//! `insufficient_quota`) takes it out until its value changes; a key `file` that changes on disk
+//! is re-read by the upstream manager.
+//!
+//! All keys of one ring must belong to one provider account/project: stored responses, files
+//! and fine-tuned models are per project, and a request may move from one key to another.
+
+use super::provider::ProviderKey;
+use crate::config::{KeyAffinity, ProviderKind};
+use arc_swap::ArcSwapOption;
+use http::HeaderMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+/// Cooldown after a 429 that says nothing about when to come back.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+/// Longest cooldown taken from a provider's headers.
+const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
+
+/// Where a key's secret comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Value(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    cooling_until: Option<Instant>,
+    /// Disabled for the value whose digest is kept here (401, insufficient quota): usable again
+    /// once the value changes.
+    disabled: Option<(u64, &'static str)>,
+    requests: u64,
+    last_status: Option<u16>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: Arc<str>,
+    source: KeySource,
+    key: ArcSwapOption<ProviderKey>,
+    digest: AtomicU64,
+    file_mtime: parking_lot::Mutex<Option<SystemTime>>,
+    state: parking_lot::Mutex<SlotState>,
+}
+
+/// The result of asking for a key.
+#[derive(Debug, Clone)]
+pub enum KeyPick {
+    /// Use key `index`.
+    Key(usize, Arc<ProviderKey>),
+    /// The provider takes no key.
+    NoneNeeded,
+    /// Every key is cooling down or out: the soonest one is back after `back_in` (`None`: none
+    /// will come back by itself); `refused` when the provider refused one (401, quota).
+    Exhausted {
+        back_in: Option<Duration>,
+        refused: bool,
+    },
+}
+
+/// A key's state for the provider health endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyView {
+    pub id: String,
+    /// `active`, `cooling`, `disabled` or `missing` (empty or unreadable).
+    pub state: &'static str,
+    pub cooling_seconds: Option<f64>,
+    pub disabled_reason: Option<&'static str>,
+    pub requests: u64,
+    pub last_status: Option<u16>,
+}
+
+#[derive(Debug)]
+pub struct KeyRing {
+    kind: ProviderKind,
+    affinity: KeyAffinity,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+}
+
+impl KeyRing {
+    /// Builds the ring; `read` reads a key file. Returns the ring and the ids of keys whose value
+    /// is empty or unreadable (they are skipped until they change).
+    pub fn new(
+        kind: ProviderKind,
+        affinity: KeyAffinity,
+        keys: Vec<(String, KeySource)>,
+    ) -> (KeyRing, Vec<(String, String)>) {
+        let mut problems = Vec::new();
+        let slots = keys
+            .into_iter()
+            .map(|(id, source)| {
+                let slot = Slot {
+                    id: Arc::from(id.as_str()),
+                    source,
+                    key: ArcSwapOption::empty(),
+                    digest: AtomicU64::new(0),
+                    file_mtime: parking_lot::Mutex::new(None),
+                    state: parking_lot::Mutex::new(SlotState::default()),
+                };
+                if let Err(e) = slot.load(kind) {
+                    problems.push((id, e));
+                }
+                slot
+            })
+            .collect();
+        (
+            KeyRing {
+                kind,
+                affinity,
+                slots,
+                next: AtomicUsize::new(0),
+            },
+            problems,
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn id(&self, index: usize) -> Arc<str> {
+        self.slots[index].id.clone()
+    }
+
+    /// A usable key, skipping `exclude` (keys this request already tried). `caller` is a hash of
+    /// the caller's subject, used with `key_affinity: caller`.
+    pub fn pick(&self, caller: Option<u64>, exclude: &[usize], now: Instant) -> KeyPick {
+        if self.slots.is_empty() {
+            return KeyPick::NoneNeeded;
+        }
+        let n = self.slots.len();
+        let start = match (self.affinity, caller) {
+            (KeyAffinity::Caller, Some(h)) => (h % n as u64) as usize,
+            _ => self.next.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        let mut soonest: Option<Duration> = None;
+        let mut refused = false;
+        for i in (0..n).map(|k| (start + k) % n) {
+            let slot = &self.slots[i];
+            let Some(key) = slot.key.load_full() else {
+                continue;
+            };
+            let st = slot.state.lock();
+            if st
+                .disabled
+                .is_some_and(|(d, _)| d == slot.digest.load(Ordering::Acquire))
+            {
+                refused = true;
+                continue;
+            }
+            match st.cooling_until {
+                // A key this request tried still tells when it comes back.
+                Some(until) if until > now => {
+                    let left = until - now;
+                    soonest = Some(soonest.map_or(left, |s| s.min(left)));
+                }
+                _ if exclude.contains(&i) => {}
+                _ => return KeyPick::Key(i, key),
+            }
+        }
+        KeyPick::Exhausted {
+            back_in: soonest,
+            refused,
+        }
+    }
+
+    /// Whether some key could be used now.
+    pub fn has_usable(&self, now: Instant) -> bool {
+        !matches!(self.pick(None, &[], now), KeyPick::Exhausted { .. })
+    }
+
+    /// Records a response status for key `index`.
+    pub fn observe(&self, index: usize, status: u16) {
+        let mut st = self.slots[index].state.lock();
+        st.requests += 1;
+        st.last_status = Some(status);
+    }
+
+    /// A 429: the key rests until the provider says it may come back.
+    pub fn cool_down(&self, index: usize, headers: &HeaderMap, now: Instant) -> Duration {
+        let wait = cooldown_from(headers).unwrap_or(DEFAULT_COOLDOWN);
+        let slot = &self.slots[index];
+        tracing::warn!(key_id = %slot.id, seconds = wait.as_secs_f64(), "provider key rate-limited; cooling down");
+        slot.state.lock().cooling_until = Some(now + wait);
+        wait
+    }
+
+    /// A 401 or exhausted quota: the key is out until its value changes.
+    pub fn disable(&self, index: usize, reason: &'static str) {
+        let slot = &self.slots[index];
+        tracing::error!(key_id = %slot.id, reason, "provider key refused; taken out until it changes");
+        let digest = slot.digest.load(Ordering::Acquire);
+        slot.state.lock().disabled = Some((digest, reason));
+    }
+
+    /// Re-reads file-backed keys whose file changed; returns whether any did.
+    pub fn refresh_files(&self) -> bool {
+        let mut changed = false;
+        for slot in &self.slots {
+            let KeySource::File(path) = &slot.source else {
+                continue;
+            };
+            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if mtime != *slot.file_mtime.lock() {
+                let before = slot.digest.load(Ordering::Acquire);
+                match slot.load(self.kind) {
+                    Ok(()) => {
+                        if slot.digest.load(Ordering::Acquire) != before {
+                            tracing::info!(key_id = %slot.id, "provider key file changed; key reloaded");
+                            changed = true;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(key_id = %slot.id, error = %e, "provider key file unusable")
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    pub fn view(&self, now: Instant) -> Vec<KeyView> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let st = slot.state.lock();
+                let disabled = st
+                    .disabled
+                    .filter(|(d, _)| *d == slot.digest.load(Ordering::Acquire))
+                    .map(|(_, r)| r);
+                let cooling = st
+                    .cooling_until
+                    .filter(|u| *u > now)
+                    .map(|u| (u - now).as_secs_f64());
+                let state = if slot.key.load().is_none() {
+                    "missing"
+                } else if disabled.is_some() {
+                    "disabled"
+                } else if cooling.is_some() {
+                    "cooling"
+                } else {
+                    "active"
+                };
+                KeyView {
+                    id: slot.id.to_string(),
+                    state,
+                    cooling_seconds: cooling,
+                    disabled_reason: disabled,
+                    requests: st.requests,
+                    last_status: st.last_status,
+                }
+            })
+            .collect()
+    }
+
+    /// The current secret values (to scrub them from provider error bodies).
+    pub fn secrets(&self) -> Vec<Arc<ProviderKey>> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.key.load_full())
+            .collect()
+    }
+}
+
+impl Slot {
+    fn load(&self, kind: ProviderKind) -> Result<(), String> {
+        let secret = match &self.source {
+            KeySource::Value(v) => v.clone(),
+            KeySource::File(p) => {
+                *self.file_mtime.lock() = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+            }
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        secret.trim().hash(&mut h);
+        self.digest.store(h.finish(), Ordering::Release);
+        match ProviderKey::new(kind, &self.id, &secret) {
+            Some(k) => {
+                self.key.store(Some(Arc::new(k)));
+                Ok(())
+            }
+            None => {
+                self.key.store(None);
+                Err("empty, or not a valid header value".into())
+            }
+        }
+    }
+}
+
+/// When a rate-limited key may come back, from the provider's headers: `retry-after-ms`,
+/// `retry-after` (seconds or an HTTP date), or the longest `x-ratelimit-reset-*` (OpenAI's
+/// `6m0s`, `1.5s`, `20ms` durations).
+pub fn cooldown_from(headers: &HeaderMap) -> Option<Duration> {
+    let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+    let found = if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+    } else if let Some(v) = get("retry-after") {
+        v.parse::<u64>().ok().map(Duration::from_secs).or_else(|| {
+            let when = httpdate_secs(v)?;
+            Some(Duration::from_secs(
+                when.saturating_sub(crate::time::unix_now()),
+            ))
+        })
+    } else {
+        [
+            "x-ratelimit-reset-requests",
+            "x-ratelimit-reset-tokens",
+            "x-ratelimit-reset",
+        ]
+        .iter()
+        .filter_map(|n| get(n).and_then(parse_go_duration))
+        .max()
+    };
+    found.map(|d| d.min(MAX_COOLDOWN))
+}
+
+/// `6m0s`, `1h2m3.5s`, `20ms`, or a bare number of seconds.
+fn parse_go_duration(s: &str) -> Option<Duration> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let mut total = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+        total += value * mult;
+        rest = &rest[unit_len..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// Unix seconds of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn httpdate_secs(s: &str) -> Option<u64> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_, day, mon, year, time, "GMT"] = parts[..] else {
+        return None;
+    };
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = months.iter().position(|x| *x == mon)? + 1;
+    let iso = format!("{year}-{m:02}-{:0>2}T{time}Z", day);
+    crate::time::parse_rfc3339(&iso).and_then(|t| u64::try_from(t).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(n: usize, affinity: KeyAffinity) -> KeyRing {
+        let keys = (0..n)
+            .map(|i| (format!("k{i}"), KeySource::Value(format!("sk-{i}"))))
+            .collect();
+        KeyRing::new(ProviderKind::Openai, affinity, keys).0
+    }
+
+    fn picked(r: &KeyRing, exclude: &[usize], now: Instant) -> Option<usize> {
+        match r.pick(None, exclude, now) {
+            KeyPick::Key(i, _) => Some(i),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn round_robin_and_cooldown() {
+        let r = ring(2, KeyAffinity::None);
+        let now = Instant::now();
+        let a = picked(&r, &[], now).unwrap();
+        let b = picked(&r, &[], now).unwrap();
+        assert_ne!(a, b, "round robin");
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "20".parse().unwrap());
+        assert_eq!(r.cool_down(0, &h, now), Duration::from_secs(20));
+        for _ in 0..4 {
+            assert_eq!(
+                picked(&r, &[], now),
+                Some(1),
+                "traffic moves to the other key"
+            );
+        }
+        r.cool_down(1, &HeaderMap::new(), now);
+        match r.pick(None, &[], now) {
+            KeyPick::Exhausted {
+                back_in: Some(d), ..
+            } => assert_eq!(d, Duration::from_secs(20), "the soonest"),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(
+            picked(&r, &[], Instant::now()),
+            Some(0),
+            "back after its cooldown"
+        );
+        assert_eq!(r.view(Instant::now())[1].state, "cooling");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn disabled_until_the_value_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "sk-old\n").unwrap();
+        let (r, problems) = KeyRing::new(
+            ProviderKind::Openai,
+            KeyAffinity::None,
+            vec![("f".into(), KeySource::File(path.clone()))],
+        );
+        assert!(problems.is_empty());
+        r.disable(0, "unauthorized");
+        assert!(matches!(
+            r.pick(None, &[], Instant::now()),
+            KeyPick::Exhausted {
+                back_in: None,
+                refused: true
+            }
+        ));
+        assert!(!r.refresh_files(), "unchanged file");
+        std::fs::write(&path, "sk-new\n").unwrap();
+        // Make sure the modification time differs even on coarse file systems.
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert!(r.refresh_files());
+        match r.pick(None, &[], Instant::now()) {
+            KeyPick::Key(0, k) => assert!(format!("{k:?}").contains("f")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn affinity_keeps_a_caller_on_one_key_and_exclusions_apply() {
+        let r = ring(3, KeyAffinity::Caller);
+        let now = Instant::now();
+        let first = match r.pick(Some(7), &[], now) {
+            KeyPick::Key(i, _) => i,
+            _ => unreachable!(),
+        };
+        for _ in 0..5 {
+            assert!(matches!(r.pick(Some(7), &[], now), KeyPick::Key(i, _) if i == first));
+        }
+        assert!(matches!(r.pick(Some(7), &[first], now), KeyPick::Key(i, _) if i != first));
+        assert!(matches!(
+            r.pick(None, &[0, 1, 2], now),
+            KeyPick::Exhausted {
+                back_in: None,
+                refused: false
+            }
+        ));
+        let empty = ring(0, KeyAffinity::None);
+        assert!(matches!(empty.pick(None, &[], now), KeyPick::NoneNeeded));
+    }
+
+    #[test]
+    fn cooldown_headers() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            m
+        };
+        assert_eq!(
+            cooldown_from(&h(&[("retry-after-ms", "1500")])),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            cooldown_from(&h(&[("retry-after", "7")])),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            cooldown_from(&h(&[
+                ("x-ratelimit-reset-requests", "6m0s"),
+                ("x-ratelimit-reset-tokens", "20ms")
+            ])),
+            Some(Duration::from_secs(360))
+        );
+        assert_eq!(
+            cooldown_from(&h(&[("x-ratelimit-reset-tokens", "1.5s")])),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            cooldown_from(&h(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")])),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            cooldown_from(&h(&[("retry-after", "99999999")])),
+            Some(MAX_COOLDOWN)
+        );
+        assert_eq!(cooldown_from(&h(&[])), None);
+        assert_eq!(cooldown_from(&h(&[("retry-after", "soon")])), None);
+    }
+}
