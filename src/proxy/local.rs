@@ -19,6 +19,16 @@ pub enum Local<'a> {
     ModelsList,
     Model(&'a str),
     AvailableModels,
+    /// `/api/providers/health` (admin).
+    ProvidersHealth,
+}
+
+/// The endpoint group a local endpoint belongs to.
+pub fn group(l: &Local<'_>) -> crate::endpoints::EndpointGroup {
+    match l {
+        Local::ProvidersHealth => crate::endpoints::EndpointGroup::Admin,
+        _ => crate::endpoints::EndpointGroup::Models,
+    }
 }
 
 /// Matches a normalised path.
@@ -28,6 +38,7 @@ pub fn route(path: &str) -> Option<Local<'_>> {
         "/ready" | "/readyz" => Some(Local::Ready),
         "/v1/models" => Some(Local::ModelsList),
         "/api/available-models" => Some(Local::AvailableModels),
+        "/api/providers/health" => Some(Local::ProvidersHealth),
         _ => path.strip_prefix("/v1/models/").map(Local::Model),
     }
 }
@@ -61,6 +72,7 @@ pub fn respond(
         Local::AvailableModels => {
             cached(&rt.available_models(access), if_none_match, rt, request_id)
         }
+        Local::ProvidersHealth => plain_json(200, super::provider_health::render(rt), request_id),
         // A model the caller may not use does not exist for it.
         Local::Model(id) => match rt
             .registry

@@ -23,6 +23,7 @@ pub mod errors;
 pub mod headers;
 pub mod local;
 pub mod model_field;
+mod provider_health;
 mod response_body;
 mod route;
 mod subrequest;
@@ -35,7 +36,6 @@ use crate::auth::audit::AuditLog;
 use crate::auth::rbac::Access;
 use crate::auth::Refusal;
 use crate::config::Mode;
-use crate::endpoints::EndpointGroup;
 use crate::line_sink::LineSink;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -142,7 +142,7 @@ impl ProxyHttp for Gateway {
             return self.deny(session, ctx, Refusal::NoKnownRoles).await;
         }
         let group = match (&local, rt.proxied_group(&ctx.path)) {
-            (Some(_), _) => EndpointGroup::Models,
+            (Some(l), _) => local::group(l),
             (None, Some(g)) => g,
             (None, None) => {
                 return self

@@ -97,6 +97,7 @@ impl BackgroundService for UpstreamManager {
                     let p = pool.clone();
                     s.health_task = Some(tokio::spawn(async move { p.check_health().await }));
                     s.health_due = now + every;
+                    pool.set_next_check(tokio::time::Instant::now() + every);
                 }
             }
             schedules.retain(|k, _| live.contains(k));

@@ -111,6 +111,7 @@ pub struct Pool {
     resolved_once: AtomicBool,
     /// Seconds between health-check passes; `None` when checks are off.
     health_interval: Option<Duration>,
+    next_check: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -162,6 +163,7 @@ impl Pool {
             refresh: s.refresh,
             resolved_once: AtomicBool::new(false),
             health_interval,
+            next_check: parking_lot::Mutex::new(None),
         }
     }
 
@@ -182,6 +184,19 @@ impl Pool {
         if self.health_interval.is_some() {
             with_lb!(&self.lb, l => l.backends().run_health_check(true).await);
         }
+    }
+
+    /// When the manager runs the next health pass (for the provider health endpoint).
+    pub fn set_next_check(&self, at: Instant) {
+        *self.next_check.lock() = Some(at);
+    }
+
+    pub fn next_check(&self) -> Option<Instant> {
+        *self.next_check.lock()
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
     }
 
     pub fn health_interval(&self) -> Option<Duration> {
