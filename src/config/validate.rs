@@ -152,6 +152,47 @@ pub fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
             ));
         }
         validate_timeouts(&p.timeouts, file, &format!("{path}.timeouts"), errors);
+        let hc = &p.health_check;
+        let mut positive = |field: &str, ok: bool| {
+            if !ok {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("{path}.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        };
+        positive("health_check.interval_seconds", hc.interval_seconds >= 1);
+        positive("health_check.timeout_ms", hc.timeout_ms >= 1);
+        positive("health_check.healthy_after", hc.healthy_after >= 1);
+        positive("health_check.unhealthy_after", hc.unhealthy_after >= 1);
+        positive(
+            "breaker.consecutive_failures",
+            p.breaker.consecutive_failures >= 1,
+        );
+        positive("breaker.open_seconds", p.breaker.open_seconds >= 1);
+        positive("retry.deadline_ms", p.retry.deadline_ms >= 1);
+        if !hc.path.starts_with('/') {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.health_check.path"),
+                "must start with /",
+            ));
+        }
+        if p.breaker.max_open_seconds < p.breaker.open_seconds {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.breaker.max_open_seconds"),
+                "must be at least open_seconds",
+            ));
+        }
+        if !(1..=10).contains(&p.retry.max_attempts) {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.retry.max_attempts"),
+                "must be between 1 and 10",
+            ));
+        }
     }
     validate_models(c, errors);
     super::validate_auth::validate_auth(c, errors);

@@ -145,6 +145,12 @@ impl KeyRing {
             (KeyAffinity::Caller, Some(h)) => (h % n as u64) as usize,
             _ => self.next.fetch_add(1, Ordering::Relaxed) % n,
         };
+        self.scan(start, exclude, now)
+    }
+
+    /// The first usable key from `start` on (in ring order), or why there is none.
+    fn scan(&self, start: usize, exclude: &[usize], now: Instant) -> KeyPick {
+        let n = self.slots.len();
         let mut soonest: Option<Duration> = None;
         let mut refused = false;
         for i in (0..n).map(|k| (start + k) % n) {
@@ -176,9 +182,9 @@ impl KeyRing {
         }
     }
 
-    /// Whether some key could be used now.
+    /// Whether some key could be used now (without advancing the rotation).
     pub fn has_usable(&self, now: Instant) -> bool {
-        !matches!(self.pick(None, &[], now), KeyPick::Exhausted { .. })
+        self.slots.is_empty() || !matches!(self.scan(0, &[], now), KeyPick::Exhausted { .. })
     }
 
     /// Records a response status for key `index`.

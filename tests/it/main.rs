@@ -14,6 +14,7 @@ mod headers;
 mod local_endpoints;
 mod mock_provider;
 mod paths;
+mod pools;
 mod production;
 mod routing;
 mod streaming;

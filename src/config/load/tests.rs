@@ -288,3 +288,32 @@ fn jwt_needs_a_key_and_known_algorithms() {
         ]
     );
 }
+
+#[test]
+fn pool_settings_are_checked() {
+    let yaml = "
+providers:
+  p:
+    kind: openai
+    endpoints: [https://a.example]
+    strategy: fastest
+  q:
+    kind: openai
+    endpoints: [https://a.example]
+    health_check: { path: v1/models, interval_seconds: 0 }
+    breaker: { open_seconds: 60, max_open_seconds: 30 }
+    retry: { max_attempts: 0 }
+models: [{ id: a, targets: [{ provider: q }] }]
+";
+    let f = fields(&load_yaml(yaml).unwrap_err());
+    assert_eq!(
+        f,
+        vec![
+            "providers.p.strategy",
+            "providers.q.health_check.interval_seconds",
+            "providers.q.health_check.path",
+            "providers.q.breaker.max_open_seconds",
+            "providers.q.retry.max_attempts",
+        ]
+    );
+}

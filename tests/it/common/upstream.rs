@@ -87,11 +87,12 @@ pub struct MockUpstream {
     received: Arc<Mutex<Vec<Received>>>,
     streams_dropped: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Drop for MockUpstream {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 
@@ -145,6 +146,8 @@ impl MockUpstream {
         let (rec, dropped) = (received.clone(), streams_dropped.clone());
         // On a runtime of its own: the test's runtime may be blocked (e.g. waiting for the gateway
         // to start) while the gateway already calls this upstream (health checks, JWKS).
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let conns = connections.clone();
         let task = mock_runtime().spawn(async move {
             let listener = TcpListener::from_std(std_listener).expect("listener");
             loop {
@@ -153,7 +156,7 @@ impl MockUpstream {
                 };
                 let (handler, rec, dropped, tls) =
                     (handler.clone(), rec.clone(), dropped.clone(), tls.clone());
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         serve(req, handler.clone(), rec.clone(), dropped.clone())
                     });
@@ -171,6 +174,7 @@ impl MockUpstream {
                         }
                     }
                 });
+                conns.lock().unwrap().push(conn.abort_handle());
             }
         });
         MockUpstream {
@@ -178,6 +182,15 @@ impl MockUpstream {
             received,
             streams_dropped,
             task,
+            connections,
+        }
+    }
+
+    /// Dies like a crashed server: stops listening and drops every open connection.
+    pub fn kill(&self) {
+        self.task.abort();
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
         }
     }
 
