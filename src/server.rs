@@ -114,7 +114,7 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
     server.bootstrap();
 
     let models = runtime.registry.models().len();
-    let providers = runtime.providers.len();
+    let providers = config.providers.len();
     let mode = runtime.mode;
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
 
@@ -211,20 +211,26 @@ impl ServeHttp for MetricsApp {
         &self,
         session: &mut pingora::protocols::http::ServerSession,
     ) -> http::Response<Vec<u8>> {
-        let (status, ctype, body) = if session.req_header().uri.path() == "/metrics" {
+        let req = session.req_header();
+        let (status, ctype, body) = if req.uri.path() != "/metrics" {
+            (404, "text/plain", b"only /metrics here\n".to_vec())
+        } else if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            (405, "text/plain", b"GET or HEAD\n".to_vec())
+        } else {
             (
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.0.render(),
             )
-        } else {
-            (404, "text/plain", b"only /metrics here\n".to_vec())
         };
-        http::Response::builder()
+        let mut resp = http::Response::builder()
             .status(status)
             .header("content-type", ctype)
             .header("content-length", body.len())
-            .body(body)
-            .expect("valid response")
+            .header("cache-control", "no-store");
+        if status == 405 {
+            resp = resp.header("allow", "GET, HEAD");
+        }
+        resp.body(body).expect("valid response")
     }
 }

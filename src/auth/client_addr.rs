@@ -1,4 +1,4 @@
-//! The client's address for the audit log: the TCP peer, or, when the peer is a trusted proxy,
+//! The client's address for the audit and access logs: the TCP peer, or, when the peer is a trusted proxy,
 //! the right-most address in `X-Forwarded-For` that is not itself a trusted proxy.
 
 use std::net::IpAddr;

@@ -132,9 +132,20 @@ impl JwksUrl {
         match self.fetch_keys().await {
             Ok((keys, skipped)) => {
                 tracing::info!(url = %self.url, keys = keys.len(), skipped, "JWKS loaded");
+                // Only a changed key set empties verified-token caches (kids and families are
+                // what tokens are matched on; a rotated key gets a new kid).
+                let before: Vec<_> = self
+                    .keys
+                    .load()
+                    .iter()
+                    .map(|k| (k.kid.clone(), k.family))
+                    .collect();
+                let after: Vec<_> = keys.iter().map(|k| (k.kid.clone(), k.family)).collect();
                 self.keys
                     .store(Arc::new(keys.into_iter().map(Arc::new).collect()));
-                self.generation.fetch_add(1, Ordering::AcqRel);
+                if before != after {
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
                 self.loaded.store(true, Ordering::Release);
                 self.last_error.store(None);
             }

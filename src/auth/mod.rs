@@ -137,7 +137,7 @@ impl Refusal {
             Refusal::WrongIssuer => "The token's issuer is not accepted.",
             Refusal::WrongAudience => "The token is not intended for this gateway (audience).",
             Refusal::MissingClaims => "The token lacks a required claim.",
-            Refusal::JwtNotAccepted => "This gateway accepts API keys only, not JWTs.",
+            Refusal::JwtNotAccepted => "This gateway does not accept JWTs.",
             Refusal::InvalidApiKey => "The API key is not valid.",
             Refusal::ApiKeyExpired => "The API key has expired.",
             Refusal::ApiKeyDisabled => "The API key is disabled.",

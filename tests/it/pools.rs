@@ -621,3 +621,24 @@ async fn provider_health_is_for_admins_and_shows_ids_never_keys() {
     assert_eq!(p["keys"][0]["id"], "k1");
     assert_eq!(p["keys"][0]["state"], "active");
 }
+
+#[tokio::test]
+async fn provider_error_bodies_echoing_a_key_are_scrubbed() {
+    let up = MockUpstream::start(|r| {
+        let key = auth(r).trim_start_matches("Bearer ").to_string();
+        Reply::Json(
+            400,
+            json!({"error": {"message": format!("Invalid request for key {key} (also sk-proj-abc***wxyz)"), "type": "invalid_request_error"}}),
+        )
+    })
+    .await;
+    let gw = TestGateway::start(&pool_config(&[up.url()], TWO_KEYS, ""));
+    let r = gw.chat("m").await;
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("content-length").is_none() || r.headers()["content-length"] != "0");
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("sk-one") && !text.contains("sk-two"), "{text}");
+    assert!(!text.contains("abc***wxyz"), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("sk-***"), "{text}");
+}
