@@ -637,8 +637,14 @@ async fn provider_error_bodies_echoing_a_key_are_scrubbed() {
     assert_eq!(r.status(), 400);
     assert!(r.headers().get("content-length").is_none() || r.headers()["content-length"] != "0");
     let text = r.text().await.unwrap();
-    assert!(!text.contains("sk-one") && !text.contains("sk-two"), "{text}");
+    assert!(
+        !text.contains("sk-one") && !text.contains("sk-two"),
+        "{text}"
+    );
     assert!(!text.contains("abc***wxyz"), "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("sk-***"), "{text}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("sk-***"),
+        "{text}"
+    );
 }
