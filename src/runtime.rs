@@ -100,7 +100,7 @@ impl Runtime {
                 }
             }
             let keys = Arc::new(ring);
-            if !keys.is_empty() && !keys.has_usable(tokio::time::Instant::now()) {
+            if !keys.is_empty() && !keys.has_usable(&[], tokio::time::Instant::now()) {
                 warnings.push(format!(
                     "{path} has no usable key; its models fall to their next target or answer 503"
                 ));

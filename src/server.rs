@@ -108,6 +108,10 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
+        // Pingora's cap on upstream round trips per request (16 by default). The gateway's own
+        // plan bounds them (retry.max_attempts, plus one free try per provider key and per
+        // stale pooled connection); this is only a backstop that a large key ring must not hit.
+        max_retries: 256,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -74,9 +74,10 @@ impl Gateway {
         m.request_duration
             .with_label_values(&[&*ctx.endpoint])
             .observe(elapsed.as_secs_f64());
-        if let (Some(u), Some(r)) = (upstream, &ctx.route) {
+        // The provider that answered (after a fallback, not the route's first target).
+        if let (Some(u), Some(provider)) = (upstream, ctx.provider_name()) {
             m.upstream_duration
-                .with_label_values(&[&*r.target.provider_name])
+                .with_label_values(&[provider])
                 .observe(u.as_secs_f64());
         }
         m.overhead.observe(

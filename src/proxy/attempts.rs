@@ -234,8 +234,13 @@ impl Plan {
             if i == 0 {
                 exclude.push(cur.backend.addr);
             }
-            pool.select(b"", &exclude, now).is_some()
-                && (provider.keys.is_empty() || provider.keys.has_usable(now))
+            let tried_keys: Vec<usize> = self
+                .tried_keys
+                .iter()
+                .filter(|(p, _)| *p == t.provider)
+                .map(|(_, k)| *k)
+                .collect();
+            pool.available_except(&exclude, now) && provider.keys.has_usable(&tried_keys, now)
         })
     }
 
@@ -245,7 +250,11 @@ impl Plan {
         }
         if self.keys_exhausted {
             return GatewayError::ProviderRateLimited {
-                retry_after: self.keys_back_in.map(|d| d.as_secs().max(1)).unwrap_or(30),
+                // Rounded up: a client that waits exactly this long finds a key back.
+                retry_after: self
+                    .keys_back_in
+                    .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+                    .map_or(30, |s| s.max(1)),
             };
         }
         GatewayError::NoHealthyUpstream {

@@ -131,7 +131,7 @@ impl GatewayError {
                 }
             }
             GatewayError::UnknownEndpoint => {
-                "This gateway does not serve this path. Proxied: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations and the operator's server.extra_paths; local: GET /v1/models, /v1/models/{id}, /api/available-models, /health, /ready.".into()
+                "This gateway does not serve this path. Proxied: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations and the operator's server.extra_paths; local: GET /v1/models, /v1/models/{id}, /api/available-models, /api/providers/health, /health, /ready.".into()
             }
             GatewayError::MethodNotAllowed { allow } => format!("This path only accepts {allow}."),
             GatewayError::RequestTooLarge { limit } => {

@@ -89,6 +89,16 @@ pub fn scrub(body: &[u8], secrets: &[Arc<ProviderKey>]) -> Vec<u8> {
     while let Some(i) = rest.find("sk-") {
         out.push_str(&rest[..i]);
         let after = &rest[i + 3..];
+        // Inside a word (`task-...`, `disk-...`) it is not a key.
+        let in_word = out
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if in_word {
+            out.push_str("sk-");
+            rest = after;
+            continue;
+        }
         let run = after
             .char_indices()
             .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*' | '.')))
@@ -123,8 +133,12 @@ mod tests {
         let k = Arc::new(
             ProviderKey::new(ProviderKind::Openai, "a", "sk-proj-abcdefghijklmnop").unwrap(),
         );
-        let body = br#"{"error":{"message":"Incorrect API key provided: sk-proj-abcdefghijklmnop. Also sk-abc***xyz1 and sk-1."}}"#;
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-proj-abcdefghijklmnop. Also sk-abc***xyz1 and sk-1. See task-abcdefgh."}}"#;
         let out = String::from_utf8(scrub(body, &[k])).unwrap();
+        assert!(
+            out.contains("task-abcdefgh"),
+            "not a key inside a word: {out}"
+        );
         assert!(!out.contains("abcdefghijklmnop"), "{out}");
         assert!(!out.contains("abc***xyz1"), "{out}");
         assert!(out.contains("sk-1."), "short runs are not keys: {out}");

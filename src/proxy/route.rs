@@ -133,7 +133,7 @@ pub async fn route(
     let first = model
         .targets
         .iter()
-        .find(|t| rt.provider(t.provider).is_usable());
+        .find(|t| rt.provider(t.provider).can_take_now());
     if let Some(t) = first.filter(|t| rt.provider(t.provider).kind == ProviderKind::Mock) {
         ctx.route = Some(route(t));
         ctx.body = if *probe.model == *t.upstream_model {

@@ -10,8 +10,8 @@
 
 use crate::upstream::timeouts::Timeouts;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -33,8 +33,17 @@ struct State {
     fired: AtomicU8,
     /// The response header arrived (the phase limit is the between-chunks one).
     streaming: AtomicBool,
-    done: AtomicBool,
-    fd: AtomicI32,
+    /// The socket, and whether the attempt is over, under one per-attempt lock: the watchdog
+    /// shuts the socket down only while holding it and seeing the attempt still live, so a
+    /// connection that went back to Pingora's pool (and may serve another request) is never
+    /// touched.
+    socket: Mutex<Socket>,
+}
+
+#[derive(Debug, Default)]
+struct Socket {
+    fd: Option<RawFd>,
+    done: bool,
 }
 
 /// One attempt's watchdog. Dropping it disarms it.
@@ -55,8 +64,7 @@ impl AttemptTimer {
             total_deadline: ms(limits.total),
             fired: AtomicU8::new(0),
             streaming: AtomicBool::new(false),
-            done: AtomicBool::new(false),
-            fd: AtomicI32::new(-1),
+            socket: Mutex::new(Socket::default()),
         });
         let s = state.clone();
         let task = tokio::spawn(async move { watch(s).await });
@@ -69,7 +77,10 @@ impl AttemptTimer {
 
     /// The upstream socket, once connected (or reused).
     pub fn set_fd(&self, fd: RawFd) {
-        self.state.fd.store(fd, Ordering::Release);
+        let mut socket = lock(&self.state.socket);
+        if !socket.done {
+            socket.fd = Some(fd);
+        }
     }
 
     /// Bytes arrived: the between-chunks limit starts over.
@@ -83,7 +94,10 @@ impl AttemptTimer {
 
     /// The response is complete (or failed otherwise): nothing more to watch.
     pub fn disarm(&self) {
-        self.state.done.store(true, Ordering::Release);
+        let mut socket = lock(&self.state.socket);
+        socket.done = true;
+        socket.fd = None;
+        drop(socket);
         self.task.abort();
     }
 
@@ -104,6 +118,11 @@ impl Drop for AttemptTimer {
     }
 }
 
+fn lock(m: &Mutex<Socket>) -> std::sync::MutexGuard<'_, Socket> {
+    // The guarded data is two plain fields; a panic elsewhere cannot leave them inconsistent.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
@@ -113,7 +132,7 @@ async fn watch(s: Arc<State>) {
         let phase = s.phase_deadline.load(Ordering::Acquire);
         let deadline = phase.min(s.total_deadline);
         tokio::time::sleep_until(s.base + Duration::from_millis(deadline)).await;
-        if s.done.load(Ordering::Acquire) {
+        if lock(&s.socket).done {
             return;
         }
         let now = ms(s.base.elapsed());
@@ -130,9 +149,12 @@ async fn watch(s: Arc<State>) {
             // Progress moved the deadline on: sleep again.
             continue;
         };
+        let socket = lock(&s.socket);
+        if socket.done {
+            return;
+        }
         s.fired.store(which, Ordering::Release);
-        let fd = s.fd.load(Ordering::Acquire);
-        if fd >= 0 && !s.done.load(Ordering::Acquire) {
+        if let Some(fd) = socket.fd {
             // The pending read fails at once; Pingora then drops the connection.
             let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
         }

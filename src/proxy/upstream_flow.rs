@@ -127,7 +127,9 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
             }));
             retry(ctx, status)
         }
-        429 => {
+        // A keyless provider's 429 is about the caller's traffic, not a key: nothing to rotate,
+        // and its Retry-After goes to the client below.
+        429 if key.is_some() => {
             refused("provider rate-limited the gateway's key; trying another");
             if let Some((i, _)) = &key {
                 provider.keys.cool_down(*i, &resp.headers, now);
@@ -147,6 +149,9 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
             retry(ctx, status)
         }
         _ => {
+            if status < 500 {
+                a.backend.record_latency(a.started.elapsed());
+            }
             headers::scrub_response(resp);
             if status >= 500 {
                 // Final: the gateway retried already; SDK retries would multiply its attempts.
@@ -161,6 +166,7 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
 
 /// Asks Pingora to try again (it then calls `upstream_peer`, which picks the next attempt).
 fn retry(ctx: &mut RequestCtx, status: u16) -> Result<()> {
+    end_attempt_timer(ctx);
     ctx.retry_requested = true;
     let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying elsewhere");
     e.set_retry(true);
@@ -171,12 +177,18 @@ fn retry(ctx: &mut RequestCtx, status: u16) -> Result<()> {
 pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     let now = tokio::time::Instant::now();
     let failure = classify(&e, ctx).unwrap_or(GatewayError::Internal);
+    end_attempt_timer(ctx);
     if let Some(plan) = ctx.plan.as_mut() {
         if let Some(a) = &plan.current {
             a.backend.record_error(e.etype().as_str());
         }
         plan.backend_failed(failure, now);
-        e.set_retry(plan.budget_left(now));
+        let again = plan.budget_left(now);
+        if !again {
+            // The verdict is made now, while the attempt's timer still told what happened.
+            ctx.pending_error = plan.last_error.clone();
+        }
+        e.set_retry(again);
     } else {
         e.set_retry(false);
     }
@@ -205,18 +217,25 @@ pub fn on_proxy_error(
         e.set_retry(false);
         return e;
     }
+    // A timer that fired shut the socket down itself: that is a timeout, whatever the error
+    // Pingora saw, and it counts against the backend.
+    let timed_out = ctx.timer.as_ref().is_some_and(|t| t.expired().is_some());
     let stale_connection = reused
+        && !timed_out
         && matches!(
             e.etype(),
             ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
         );
     if stale_connection {
         // The provider closed an idle pooled connection: not the backend's fault, try again.
+        // The attempt's breaker ticket is dropped unjudged.
         plan.current = None;
+        end_attempt_timer(ctx);
         e.set_retry(true);
         return e;
     }
     let failure = classify(&e, ctx).unwrap_or(GatewayError::Internal);
+    end_attempt_timer(ctx);
     let Some(plan) = ctx.plan.as_mut() else {
         return e;
     };
@@ -224,12 +243,25 @@ pub fn on_proxy_error(
         a.backend.record_error(e.etype().as_str());
     }
     plan.backend_failed(failure, now);
-    e.set_retry(plan.budget_left(now));
+    let again = plan.budget_left(now);
+    if !again {
+        ctx.pending_error = plan.last_error.clone();
+    }
+    e.set_retry(again);
     e
 }
 
-/// The request is over: the last attempt's breaker and latency get its outcome.
+/// An attempt is over: its watchdog must not outlive it (the connection may go back to the pool
+/// and serve another request).
+fn end_attempt_timer(ctx: &mut RequestCtx) {
+    if let Some(t) = ctx.timer.take() {
+        t.disarm();
+    }
+}
+
+/// The request is over: the last attempt's breaker gets its outcome.
 pub fn finish(ctx: &mut RequestCtx, status: u16, client_gone: bool, broke: bool) {
+    end_attempt_timer(ctx);
     let Some(a) = ctx.plan.as_mut().and_then(|p| p.current.take()) else {
         return;
     };
@@ -247,11 +279,11 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, client_gone: bool, broke: bool)
     if failed && !client_gone {
         a.backend.record_error(if ctx.response.error_event {
             "error event in stream".to_string()
+        } else if broke {
+            "response broke after it began".to_string()
         } else {
             format!("status {status}")
         });
-    } else if !failed {
-        a.backend.record_latency(a.started.elapsed());
     }
 }
 

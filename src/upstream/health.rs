@@ -102,14 +102,22 @@ impl ProviderProbe {
         session.write_request_header(Box::new(req)).await?;
         session.finish_request_body().await?;
         session.read_response_header().await?;
-        let status = session
-            .response_header()
-            .map(|h| h.status.as_u16())
-            .unwrap_or(0);
+        let Some(resp) = session.response_header() else {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "health check without a status",
+            );
+        };
+        let status = resp.status.as_u16();
         if let Some((i, _)) = key {
             self.keys.observe(i, status);
-            if status == 401 {
-                self.keys.disable(i, "unauthorized");
+            match status {
+                401 => self.keys.disable(i, "unauthorized"),
+                429 => {
+                    self.keys
+                        .cool_down(i, &resp.headers, tokio::time::Instant::now());
+                }
+                _ => {}
             }
         }
         if status >= 500 || status == 0 {
@@ -125,16 +133,13 @@ impl HealthCheck for ProviderProbe {
         let Some(state) = target.ext.get::<Arc<BackendState>>() else {
             return Error::e_explain(ErrorType::InternalError, "backend without state");
         };
-        let started = std::time::Instant::now();
         let result = match tokio::time::timeout(self.timeout, self.probe(state)).await {
             Ok(r) => r,
             Err(_) => Error::e_explain(ErrorType::ReadTimedout, "health check timed out"),
         };
         match &result {
-            Ok(()) => {
-                state.mark_checked();
-                state.record_latency(started.elapsed());
-            }
+            // Latency is traffic's time to first byte, not the probe's (a cheaper request).
+            Ok(()) => state.mark_checked(),
             Err(e) => state.record_error(format!("health check: {}", e.etype().as_str())),
         }
         result

@@ -1,8 +1,10 @@
 //! A provider's key ring: round-robin over the usable keys (or one key per caller with
 //! `key_affinity: caller`); a 429 cools a key down for the provider's `Retry-After`,
-//! `retry-after-ms` or `x-ratelimit-reset-*` (default 30 s); a 401 (and a 429 whose body says
-//! `insufficient_quota`) takes it out until its value changes; a key `file` that changes on disk
-//! is re-read by the upstream manager.
+//! `retry-after-ms` or `x-ratelimit-reset-*` (default 30 s); a 401 takes it out until its value
+//! changes; a key `file` whose content changes is re-read by the upstream manager.
+//!
+//! A 429 for exhausted quota (`insufficient_quota` in OpenAI's body) only cools the key like any
+//! 429: the retry is decided on the response header, before the body is read.
 //!
 //! All keys of one ring must belong to one provider account/project: stored responses, files
 //! and fine-tuned models are per project, and a request may move from one key to another.
@@ -13,9 +15,9 @@ use arc_swap::ArcSwapOption;
 use http::HeaderMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Cooldown after a 429 that says nothing about when to come back.
@@ -33,8 +35,8 @@ pub enum KeySource {
 #[derive(Debug, Default)]
 struct SlotState {
     cooling_until: Option<Instant>,
-    /// Disabled for the value whose digest is kept here (401, insufficient quota): usable again
-    /// once the value changes.
+    /// Disabled for the value whose digest is kept here (a 401): usable again once the value
+    /// changes.
     disabled: Option<(u64, &'static str)>,
     requests: u64,
     last_status: Option<u16>,
@@ -46,7 +48,8 @@ struct Slot {
     source: KeySource,
     key: ArcSwapOption<ProviderKey>,
     digest: AtomicU64,
-    file_mtime: parking_lot::Mutex<Option<SystemTime>>,
+    /// The key file could not be read at the last look (warned once, not every tick).
+    file_failing: AtomicBool,
     state: parking_lot::Mutex<SlotState>,
 }
 
@@ -58,7 +61,7 @@ pub enum KeyPick {
     /// The provider takes no key.
     NoneNeeded,
     /// Every key is cooling down or out: the soonest one is back after `back_in` (`None`: none
-    /// will come back by itself); `refused` when the provider refused one (401, quota).
+    /// will come back by itself); `refused` when the provider refused one (401).
     Exhausted {
         back_in: Option<Duration>,
         refused: bool,
@@ -102,7 +105,7 @@ impl KeyRing {
                     source,
                     key: ArcSwapOption::empty(),
                     digest: AtomicU64::new(0),
-                    file_mtime: parking_lot::Mutex::new(None),
+                    file_failing: AtomicBool::new(false),
                     state: parking_lot::Mutex::new(SlotState::default()),
                 };
                 if let Err(e) = slot.load(kind) {
@@ -182,9 +185,23 @@ impl KeyRing {
         }
     }
 
-    /// Whether some key could be used now (without advancing the rotation).
-    pub fn has_usable(&self, now: Instant) -> bool {
-        self.slots.is_empty() || !matches!(self.scan(0, &[], now), KeyPick::Exhausted { .. })
+    /// Whether some key not in `exclude` could be used now (without advancing the rotation).
+    pub fn has_usable(&self, exclude: &[usize], now: Instant) -> bool {
+        self.slots.is_empty() || !matches!(self.scan(0, exclude, now), KeyPick::Exhausted { .. })
+    }
+
+    /// Whether some key has a value the provider has not refused, cooling or not: a provider
+    /// whose keys are only rate-limited is still up (readiness must not flap with 429s).
+    pub fn has_live(&self) -> bool {
+        self.slots.is_empty()
+            || self.slots.iter().any(|slot| {
+                let refused = slot
+                    .state
+                    .lock()
+                    .disabled
+                    .is_some_and(|(d, _)| d == slot.digest.load(Ordering::Acquire));
+                slot.key.load().is_some() && !refused
+            })
     }
 
     /// Records a response status for key `index`.
@@ -203,7 +220,7 @@ impl KeyRing {
         wait
     }
 
-    /// A 401 or exhausted quota: the key is out until its value changes.
+    /// A 401: the key is out until its value changes.
     pub fn disable(&self, index: usize, reason: &'static str) {
         let slot = &self.slots[index];
         tracing::error!(key_id = %slot.id, reason, "provider key refused; taken out until it changes");
@@ -211,26 +228,46 @@ impl KeyRing {
         slot.state.lock().disabled = Some((digest, reason));
     }
 
-    /// Re-reads file-backed keys whose file changed; returns whether any did.
+    /// Whether some key comes from a file (the manager re-reads those).
+    pub fn has_files(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s.source, KeySource::File(_)))
+    }
+
+    /// Re-reads file-backed keys and takes a changed content; returns whether any changed. The
+    /// content is compared, not the modification time, which a rewrite within the file
+    /// system's time granularity (or a restored mtime) would not change. Blocking file I/O: the
+    /// manager calls it off the runtime's workers.
     pub fn refresh_files(&self) -> bool {
         let mut changed = false;
         for slot in &self.slots {
             let KeySource::File(path) = &slot.source else {
                 continue;
             };
-            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            if mtime != *slot.file_mtime.lock() {
-                let before = slot.digest.load(Ordering::Acquire);
-                match slot.load(self.kind) {
-                    Ok(()) => {
-                        if slot.digest.load(Ordering::Acquire) != before {
-                            tracing::info!(key_id = %slot.id, "provider key file changed; key reloaded");
-                            changed = true;
-                        }
+            let secret = match std::fs::read_to_string(path) {
+                Ok(s) => {
+                    slot.file_failing.store(false, Ordering::Relaxed);
+                    s
+                }
+                Err(e) => {
+                    // The last value read keeps serving.
+                    if !slot.file_failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(key_id = %slot.id, path = %path.display(), error = %e, "provider key file unreadable; keeping the last value");
                     }
-                    Err(e) => {
-                        tracing::warn!(key_id = %slot.id, error = %e, "provider key file unusable")
-                    }
+                    continue;
+                }
+            };
+            if digest(&secret) == slot.digest.load(Ordering::Acquire) {
+                continue;
+            }
+            changed = true;
+            match slot.install(self.kind, &secret) {
+                Ok(()) => {
+                    tracing::info!(key_id = %slot.id, "provider key file changed; key reloaded")
+                }
+                Err(e) => {
+                    tracing::warn!(key_id = %slot.id, error = %e, "provider key file changed to an unusable value")
                 }
             }
         }
@@ -284,16 +321,15 @@ impl Slot {
     fn load(&self, kind: ProviderKind) -> Result<(), String> {
         let secret = match &self.source {
             KeySource::Value(v) => v.clone(),
-            KeySource::File(p) => {
-                *self.file_mtime.lock() = std::fs::metadata(p).and_then(|m| m.modified()).ok();
-                std::fs::read_to_string(p)
-                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?
-            }
+            KeySource::File(p) => std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?,
         };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        secret.trim().hash(&mut h);
-        self.digest.store(h.finish(), Ordering::Release);
-        match ProviderKey::new(kind, &self.id, &secret) {
+        self.install(kind, &secret)
+    }
+
+    fn install(&self, kind: ProviderKind, secret: &str) -> Result<(), String> {
+        self.digest.store(digest(secret), Ordering::Release);
+        match ProviderKey::new(kind, &self.id, secret) {
             Some(k) => {
                 self.key.store(Some(Arc::new(k)));
                 Ok(())
@@ -304,6 +340,12 @@ impl Slot {
             }
         }
     }
+}
+
+fn digest(secret: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    secret.trim().hash(&mut h);
+    h.finish()
 }
 
 /// When a rate-limited key may come back, from the provider's headers: `retry-after-ms`,
@@ -416,6 +458,8 @@ mod tests {
             } => assert_eq!(d, Duration::from_secs(20), "the soonest"),
             other => panic!("{other:?}"),
         }
+        assert!(!r.has_usable(&[], now));
+        assert!(r.has_live(), "resting keys are still alive");
         tokio::time::advance(Duration::from_secs(20)).await;
         assert_eq!(
             picked(&r, &[], Instant::now()),
@@ -436,7 +480,9 @@ mod tests {
             vec![("f".into(), KeySource::File(path.clone()))],
         );
         assert!(problems.is_empty());
+        assert!(r.has_live());
         r.disable(0, "unauthorized");
+        assert!(!r.has_live(), "a refused key is not alive");
         assert!(matches!(
             r.pick(None, &[], Instant::now()),
             KeyPick::Exhausted {
@@ -445,16 +491,17 @@ mod tests {
             }
         ));
         assert!(!r.refresh_files(), "unchanged file");
+        // Same length, same modification time: only the content tells.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
         std::fs::write(&path, "sk-new\n").unwrap();
-        // Make sure the modification time differs even on coarse file systems.
-        let later = SystemTime::now() + Duration::from_secs(5);
         std::fs::File::options()
             .write(true)
             .open(&path)
             .unwrap()
-            .set_modified(later)
+            .set_modified(mtime)
             .unwrap();
         assert!(r.refresh_files());
+        assert!(!r.refresh_files(), "taken once");
         match r.pick(None, &[], Instant::now()) {
             KeyPick::Key(0, k) => assert!(format!("{k:?}").contains("f")),
             other => panic!("{other:?}"),

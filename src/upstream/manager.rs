@@ -52,7 +52,12 @@ pub async fn check_all(rt: &Runtime) {
 struct Schedule {
     dns_due: Instant,
     health_due: Instant,
+    dns_task: Option<tokio::task::JoinHandle<()>>,
     health_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn idle(task: &Option<tokio::task::JoinHandle<()>>) -> bool {
+    task.as_ref().is_none_or(|t| t.is_finished())
 }
 
 #[async_trait]
@@ -61,6 +66,7 @@ impl BackgroundService for UpstreamManager {
         // Keyed by the pool's address: pools live as long as a runtime.
         let mut schedules: HashMap<usize, Schedule> = HashMap::new();
         let mut jwks_task: Option<tokio::task::JoinHandle<()>> = None;
+        let mut key_files_task: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let rt = self.runtime.load_full();
             let now = Instant::now();
@@ -80,20 +86,27 @@ impl BackgroundService for UpstreamManager {
                         + pool
                             .health_interval()
                             .unwrap_or(Duration::from_secs(365 * 86_400)),
+                    dns_task: None,
                     health_task: None,
                 });
-                if s.dns_due <= now {
-                    pool.refresh().await;
+                // DNS and health passes run on their own tasks: a slow resolver or backend must
+                // not hold up other pools.
+                if idle(&s.dns_task) && s.dns_due <= now {
+                    let p = pool.clone();
+                    s.dns_task = Some(tokio::spawn(async move { p.refresh().await }));
+                    // An empty pool is retried sooner; the due time counts from the start of
+                    // the lookup, and a lookup still running when it is due is not doubled.
                     let wait = if pool.has_backends() {
                         pool.refresh_interval()
                     } else {
                         pool.refresh_interval().min(EMPTY_POOL_RETRY)
                     };
-                    s.dns_due = Instant::now() + wait;
+                    s.dns_due = now + wait;
                 }
-                // Health passes run on their own task: a slow backend must not hold up others.
-                let idle = s.health_task.as_ref().is_none_or(|t| t.is_finished());
-                if let (true, Some(every)) = (idle && s.health_due <= now, pool.health_interval()) {
+                if let (true, Some(every)) = (
+                    idle(&s.health_task) && s.health_due <= now,
+                    pool.health_interval(),
+                ) {
                     let p = pool.clone();
                     s.health_task = Some(tokio::spawn(async move { p.check_health().await }));
                     s.health_due = now + every;
@@ -101,13 +114,25 @@ impl BackgroundService for UpstreamManager {
                 }
             }
             schedules.retain(|k, _| live.contains(k));
-            for p in &rt.providers {
-                p.keys.refresh_files();
+            // Reading key files is blocking I/O: off the runtime's workers.
+            if idle(&key_files_task) {
+                let rings: Vec<_> = rt
+                    .providers
+                    .iter()
+                    .filter(|p| p.keys.has_files())
+                    .map(|p| p.keys.clone())
+                    .collect();
+                if !rings.is_empty() {
+                    key_files_task = Some(tokio::task::spawn_blocking(move || {
+                        for r in rings {
+                            r.refresh_files();
+                        }
+                    }));
+                }
             }
             // On its own task: a slow identity provider must not hold up DNS refreshes.
             if let Some(jwks) = rt.auth.jwks_url() {
-                let idle = jwks_task.as_ref().is_none_or(|t| t.is_finished());
-                if idle && jwks.next_refresh() <= tokio::time::Instant::now() {
+                if idle(&jwks_task) && jwks.next_refresh() <= tokio::time::Instant::now() {
                     let j = jwks.clone();
                     jwks_task = Some(tokio::spawn(async move { j.refresh().await }));
                 }

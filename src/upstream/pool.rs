@@ -217,10 +217,21 @@ impl Pool {
 
     /// Whether some backend could take a request now.
     pub fn has_available(&self) -> bool {
-        let now = Instant::now();
-        self.backends()
-            .iter()
-            .any(|(s, healthy)| *healthy && s.checked() && s.breaker.available(now))
+        self.available_except(&[], Instant::now())
+    }
+
+    /// Whether a backend not in `exclude` could take a request, without moving the selection
+    /// on (round-robin's counter is not advanced by asking).
+    pub fn available_except(&self, exclude: &[SocketAddr], now: Instant) -> bool {
+        with_lb!(&self.lb, l => {
+            let backends = l.backends();
+            backends.get_backend().iter().any(|b| {
+                backends.ready(b)
+                    && b.ext.get::<Arc<BackendState>>().is_some_and(|s| {
+                        s.checked() && !exclude.contains(&s.addr) && s.breaker.available(now)
+                    })
+            })
+        })
     }
 
     /// Every backend with its health-check verdict.

@@ -108,14 +108,25 @@ impl Provider {
         }
     }
 
-    /// Whether requests can be sent now: the mock always; others need a backend that is up and
-    /// not behind an open breaker, and, when keys are configured, a usable key.
+    /// Whether the provider can serve: the mock always; others need a backend that is up and
+    /// not behind an open breaker, and, when keys are configured, a key the provider has not
+    /// refused. Keys that are only cooling down after a 429 count: they come back by themselves,
+    /// and readiness must not flap with the provider's rate limits.
     pub fn is_usable(&self) -> bool {
         match (&self.pool, self.kind) {
             (_, ProviderKind::Mock) => true,
+            (Some(pool), _) => pool.has_available() && self.keys.has_live(),
+            (None, _) => false,
+        }
+    }
+
+    /// Whether a request could be sent this instant: as `is_usable`, but a key must also be
+    /// free of any cooldown (routing skips a provider whose keys all rest).
+    pub fn can_take_now(&self) -> bool {
+        match (&self.pool, self.kind) {
+            (_, ProviderKind::Mock) => true,
             (Some(pool), _) => {
-                pool.has_available()
-                    && (self.keys.is_empty() || self.keys.has_usable(tokio::time::Instant::now()))
+                pool.has_available() && self.keys.has_usable(&[], tokio::time::Instant::now())
             }
             (None, _) => false,
         }

@@ -343,7 +343,10 @@ async fn every_key_cooling_gives_429_with_the_soonest_retry_after() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=7).contains(&after), "{after}");
+    assert_eq!(
+        after, 7,
+        "rounded up, so a client waiting that long finds a key back"
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "provider_rate_limited");
     assert_eq!(v["error"]["type"], "rate_limit_error");
@@ -351,6 +354,29 @@ async fn every_key_cooling_gives_429_with_the_soonest_retry_after() {
     // While both rest, nothing is sent.
     assert_eq!(gw.chat("m").await.status(), 429);
     assert_eq!(up.received().len(), 2);
+    // Keys that only rest do not make the gateway unready.
+    let ready = client().get(gw.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_keyless_providers_429_reaches_the_client_with_its_retry_after() {
+    let up = MockUpstream::start(|_| Reply::Raw {
+        status: 429,
+        headers: vec![
+            ("content-type", "application/json".into()),
+            ("retry-after", "3".into()),
+        ],
+        body: Bytes::from_static(b"{\"error\":{\"message\":\"too many requests\"}}"),
+    })
+    .await;
+    let gw = TestGateway::start(&pool_config(&[up.url()], "[]", ""));
+    let r = gw.chat("m").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "3");
+    assert_eq!(r.headers()["x-ultra-attempts"], "1", "nothing to rotate");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "too many requests");
 }
 
 fn body_of_size(size: usize, model: &str) -> String {
@@ -487,9 +513,10 @@ async fn a_stream_that_breaks_after_its_first_byte_ends_with_an_error_event() {
 
 #[tokio::test]
 async fn timeouts_first_byte_between_chunks_and_total() {
-    let mode = Arc::new(AtomicUsize::new(0));
+    let mode = Arc::new(AtomicUsize::new(3));
     let m = mode.clone();
     let up = MockUpstream::start(move |_| match m.load(Ordering::SeqCst) {
+        3 => Reply::Json(200, json!({"id": "ok", "choices": []})),
         0 => Reply::Hang,
         1 => {
             // One chunk, then silence.
@@ -510,12 +537,21 @@ async fn timeouts_first_byte_between_chunks_and_total() {
     );
     let gw = TestGateway::start(&cfg);
 
+    // A first answer leaves a pooled connection; the hang then happens on that reused
+    // connection, which must still count as a timeout (not a stale connection to retry).
+    assert_eq!(gw.chat("m").await.status(), 200);
+    mode.store(0, Ordering::SeqCst);
     let started = Instant::now();
     let r = gw.chat("m").await;
     assert_eq!(r.status(), 504);
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"]["code"],
         "upstream_timeout"
+    );
+    assert_eq!(
+        up.received().len(),
+        2,
+        "max_attempts 1: the timed-out request was not sent again"
     );
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -587,6 +623,21 @@ async fn provider_health_is_for_admins_and_shows_ids_never_keys() {
     let files = key_files();
     let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let gw = TestGateway::start_with(&auth_config(&up.url(), ""), &files, &[]);
+    let admin_health = || async {
+        let r = client()
+            .get(gw.url("/api/providers/health"))
+            .bearer_auth(hs_token("root", &["admin"]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let v = admin_health().await;
+    assert!(
+        v["providers"][0]["backends"][0]["latency_ms"].is_null(),
+        "probes do not count as latency: {v}"
+    );
     let r = client()
         .get(gw.url("/api/providers/health"))
         .bearer_auth(hs_token("u", &["user"]))
@@ -614,12 +665,24 @@ async fn provider_health_is_for_admins_and_shows_ids_never_keys() {
     assert_eq!(b["address"], up.addr.to_string());
     assert_eq!(b["healthy"], true);
     assert_eq!(b["breaker"]["state"], "closed");
-    assert!(
-        b["latency_ms"].as_f64().is_some(),
-        "the start-up probe measured it"
-    );
     assert_eq!(p["keys"][0]["id"], "k1");
     assert_eq!(p["keys"][0]["state"], "active");
+
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(hs_token("u", &["user"]))
+        .json(&serde_json::json!({"model": "gpt-4o-mini", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v = admin_health().await;
+    assert!(
+        v["providers"][0]["backends"][0]["latency_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0),
+        "a request measured its time to first byte: {v}"
+    );
 }
 
 #[tokio::test]
