@@ -3,8 +3,12 @@
 //! `retry-after-ms` or `x-ratelimit-reset-*` (default 30 s); a 401 takes it out until its value
 //! changes; a key `file` whose content changes is re-read by the upstream manager.
 //!
-//! A 429 for exhausted quota (`insufficient_quota` in OpenAI's body) only cools the key like any
-//! 429: the retry is decided on the response header, before the body is read.
+//! A 429 for exhausted quota (`insufficient_quota` in OpenAI's body) cannot be told apart: the
+//! retry is decided on the response header, before the body is read (Pingora writes a header to
+//! the client as soon as the hooks let it through). Instead, 429s that say nothing about when to
+//! come back double the key's cooldown each time they follow one another (30 s, 1 min, 2 min ...
+//! up to 1 h): a key whose account is out of credit is soon tried only hourly, and comes back by
+//! itself once the account is topped up, which "disabled until its value changes" would not do.
 //!
 //! All keys of one ring must belong to one provider account/project: stored responses, files
 //! and fine-tuned models are per project, and a request may move from one key to another.
@@ -40,6 +44,8 @@ struct SlotState {
     disabled: Option<(u64, &'static str)>,
     requests: u64,
     last_status: Option<u16>,
+    /// 429s in a row without another answer in between.
+    refusals_in_a_row: u32,
 }
 
 #[derive(Debug)]
@@ -209,14 +215,29 @@ impl KeyRing {
         let mut st = self.slots[index].state.lock();
         st.requests += 1;
         st.last_status = Some(status);
+        if status != 429 {
+            st.refusals_in_a_row = 0;
+        }
     }
 
-    /// A 429: the key rests until the provider says it may come back.
+    /// A 429: the key rests until the provider says it may come back; when it does not say,
+    /// for 30 s, doubled for each 429 in a row (up to 1 h).
     pub fn cool_down(&self, index: usize, headers: &HeaderMap, now: Instant) -> Duration {
-        let wait = cooldown_from(headers).unwrap_or(DEFAULT_COOLDOWN);
         let slot = &self.slots[index];
-        tracing::warn!(key_id = %slot.id, seconds = wait.as_secs_f64(), "provider key rate-limited; cooling down");
-        slot.state.lock().cooling_until = Some(now + wait);
+        let mut st = slot.state.lock();
+        st.refusals_in_a_row = st.refusals_in_a_row.saturating_add(1);
+        let in_a_row = st.refusals_in_a_row;
+        let wait = cooldown_from(headers).unwrap_or_else(|| {
+            let doubled = DEFAULT_COOLDOWN.saturating_mul(1 << (in_a_row - 1).min(16));
+            doubled.min(MAX_COOLDOWN)
+        });
+        st.cooling_until = Some(now + wait);
+        drop(st);
+        if in_a_row >= 3 {
+            tracing::warn!(key_id = %slot.id, seconds = wait.as_secs_f64(), in_a_row, "provider key rate-limited again; cooling down (a key refused this often may be out of quota)");
+        } else {
+            tracing::warn!(key_id = %slot.id, seconds = wait.as_secs_f64(), "provider key rate-limited; cooling down");
+        }
         wait
     }
 
@@ -372,7 +393,8 @@ pub fn cooldown_from(headers: &HeaderMap) -> Option<Duration> {
         .filter_map(|n| get(n).and_then(parse_go_duration))
         .max()
     };
-    found.map(|d| d.min(MAX_COOLDOWN))
+    // A zero (OpenAI has sent `x-ratelimit-reset-tokens: 0` with a 429) says nothing useful.
+    found.filter(|d| !d.is_zero()).map(|d| d.min(MAX_COOLDOWN))
 }
 
 /// `6m0s`, `1h2m3.5s`, `20ms`, or a bare number of seconds.
@@ -470,6 +492,37 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn unexplained_429s_in_a_row_double_the_cooldown_until_another_answer() {
+        let r = ring(1, KeyAffinity::None);
+        let none = HeaderMap::new();
+        let waits: Vec<u64> = (0..9)
+            .map(|_| {
+                r.observe(0, 429);
+                r.cool_down(0, &none, Instant::now()).as_secs()
+            })
+            .collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        let mut hinted = HeaderMap::new();
+        hinted.insert("retry-after", "4".parse().unwrap());
+        r.observe(0, 429);
+        assert_eq!(
+            r.cool_down(0, &hinted, Instant::now()),
+            Duration::from_secs(4),
+            "a provider that says when is believed"
+        );
+        r.observe(0, 200);
+        r.observe(0, 429);
+        assert_eq!(
+            r.cool_down(0, &none, Instant::now()),
+            DEFAULT_COOLDOWN,
+            "an answer in between starts over"
+        );
+        let mut zero = HeaderMap::new();
+        zero.insert("x-ratelimit-reset-tokens", "0".parse().unwrap());
+        assert_eq!(cooldown_from(&zero), None, "a zero hint is no hint");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn disabled_until_the_value_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
@@ -564,7 +617,8 @@ mod tests {
         );
         assert_eq!(
             cooldown_from(&h(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")])),
-            Some(Duration::ZERO)
+            None,
+            "a date in the past says nothing"
         );
         assert_eq!(
             cooldown_from(&h(&[("retry-after", "99999999")])),
