@@ -44,6 +44,18 @@ fn rid(r: &reqwest::Response) -> String {
     r.headers()["x-request-id"].to_str().unwrap().to_string()
 }
 
+/// A provider's 429 with `retry-after: secs` and an OpenAI-shaped error `message`.
+fn too_many_requests(secs: u64, message: &str) -> Reply {
+    Reply::Raw {
+        status: 429,
+        headers: vec![
+            ("content-type", "application/json".into()),
+            ("retry-after", secs.to_string()),
+        ],
+        body: Bytes::from(json!({"error": {"message": message}}).to_string()),
+    }
+}
+
 async fn poll<F: Fn() -> bool>(what: &str, secs: u64, f: F) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -230,16 +242,7 @@ async fn a_429_moves_traffic_to_the_other_key_for_free_and_back_after_the_cooldo
     let l = limited.clone();
     let up = MockUpstream::start(move |r| {
         if auth(r) == "Bearer sk-one" && l.load(Ordering::SeqCst) {
-            Reply::Raw {
-                status: 429,
-                headers: vec![
-                    ("content-type", "application/json".into()),
-                    ("retry-after", "1".into()),
-                ],
-                body: Bytes::from_static(
-                    b"{\"error\":{\"message\":\"rate limited\",\"type\":\"requests\"}}",
-                ),
-            }
+            too_many_requests(1, "rate limited")
         } else {
             Reply::Json(200, upstream::chat_completion("m", &auth(r)))
         }
@@ -325,15 +328,7 @@ async fn a_401_key_is_disabled_and_traffic_stays_on_the_good_one() {
 
 #[tokio::test]
 async fn every_key_cooling_gives_429_with_the_soonest_retry_after() {
-    let up = MockUpstream::start(|_| Reply::Raw {
-        status: 429,
-        headers: vec![
-            ("content-type", "application/json".into()),
-            ("retry-after", "7".into()),
-        ],
-        body: Bytes::from_static(b"{\"error\":{\"message\":\"slow down\"}}"),
-    })
-    .await;
+    let up = MockUpstream::start(|_| too_many_requests(7, "slow down")).await;
     let gw = TestGateway::start(&pool_config(&[up.url()], TWO_KEYS, ""));
     let r = gw.chat("m").await;
     assert_eq!(r.status(), 429);
@@ -361,15 +356,7 @@ async fn every_key_cooling_gives_429_with_the_soonest_retry_after() {
 
 #[tokio::test]
 async fn a_keyless_providers_429_reaches_the_client_with_its_retry_after() {
-    let up = MockUpstream::start(|_| Reply::Raw {
-        status: 429,
-        headers: vec![
-            ("content-type", "application/json".into()),
-            ("retry-after", "3".into()),
-        ],
-        body: Bytes::from_static(b"{\"error\":{\"message\":\"too many requests\"}}"),
-    })
-    .await;
+    let up = MockUpstream::start(|_| too_many_requests(3, "too many requests")).await;
     let gw = TestGateway::start(&pool_config(&[up.url()], "[]", ""));
     let r = gw.chat("m").await;
     assert_eq!(r.status(), 429);
