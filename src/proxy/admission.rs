@@ -160,6 +160,7 @@ pub(super) async fn serve_metrics(
     h.insert_header("content-type", "text/plain; version=0.0.4; charset=utf-8")?;
     h.insert_header("content-length", body.len().to_string())?;
     h.insert_header("cache-control", "no-store")?;
+    h.insert_header("x-request-id", &ctx.request_id)?;
     ctx.local_status = Some(200);
     ctx.bytes_out = body.len();
     let head = session.req_header().method == http::Method::HEAD;

@@ -30,6 +30,29 @@ models:
 }
 
 #[tokio::test]
+async fn metrics_on_the_main_listener() {
+    let gw = TestGateway::start(&openai_config("http://127.0.0.1:9"));
+    assert_eq!(gw.get("/health").await.status(), 200);
+    let r = client().get(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert!(h.contains_key("x-request-id"));
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("ultra_requests_total{endpoint=\"health\",status=\"200\"} 1"),
+        "{text}"
+    );
+    let r = client().post(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+}
+
+#[tokio::test]
 async fn health_is_ok() {
     let gw = TestGateway::start(&openai_config("http://127.0.0.1:9"));
     let r = client().get(gw.url("/health")).send().await.unwrap();

@@ -419,6 +419,23 @@ models:
         assert_eq!(entry["attempts"], 2);
         assert_eq!(entry["provider"], "second");
     }
+    // The upstream latency is the answering provider's, not the route's first target's.
+    let metrics = client()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ultra_upstream_duration_seconds_count{provider=\"second\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("ultra_upstream_duration_seconds_count{provider=\"first\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

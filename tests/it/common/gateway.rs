@@ -247,6 +247,15 @@ impl TestGateway {
             .await
     }
 
+    /// GETs `path` without credentials.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        super::client()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request to the gateway")
+    }
+
     /// POSTs `body` as JSON to `path`.
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         super::client()
