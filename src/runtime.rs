@@ -14,7 +14,7 @@ use crate::upstream::endpoint::Endpoint;
 use crate::upstream::health::ProviderProbe;
 use crate::upstream::keys::{KeyRing, KeySource};
 use crate::upstream::pool::{Pool, PoolSettings};
-use crate::upstream::provider::{Provider, DEFAULT_ANTHROPIC_VERSION};
+use crate::upstream::provider::{Provider, RequestAuth, DEFAULT_ANTHROPIC_VERSION};
 use crate::upstream::timeouts::Timeouts;
 use crate::upstream::tls;
 use http::{HeaderName, HeaderValue};
@@ -125,10 +125,10 @@ impl Runtime {
                 .headers
                 .iter()
                 .filter_map(|(n, v)| {
-                    Some((
-                        HeaderName::from_bytes(n.as_bytes()).ok()?,
-                        HeaderValue::from_str(v).ok()?,
-                    ))
+                    let mut value = HeaderValue::from_str(v).ok()?;
+                    // Operators put tokens here (gateway or proxy credentials).
+                    value.set_sensitive(true);
+                    Some((HeaderName::from_bytes(n.as_bytes()).ok()?, value))
                 })
                 .collect();
             let anthropic_version = spec
@@ -136,6 +136,11 @@ impl Runtime {
                 .as_deref()
                 .and_then(|v| HeaderValue::from_str(v).ok())
                 .unwrap_or(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+            let auth = Arc::new(RequestAuth {
+                kind: spec.kind,
+                anthropic_version,
+                extra_headers,
+            });
 
             let breaker = BreakerPolicy::try_new(
                 spec.breaker.consecutive_failures,
@@ -159,13 +164,7 @@ impl Runtime {
                         .unwrap_or(DEFAULT_DNS_REFRESH);
                     let hc = &spec.health_check;
                     let health = hc.enabled.then(|| {
-                        let probe = ProviderProbe::new(
-                            hc,
-                            spec.kind,
-                            anthropic_version.clone(),
-                            keys.clone(),
-                            ca.clone(),
-                        );
+                        let probe = ProviderProbe::new(hc, auth.clone(), keys.clone(), ca.clone());
                         (
                             Box::new(probe)
                                 as Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>,
@@ -186,11 +185,8 @@ impl Runtime {
                 id,
                 name,
                 kind: spec.kind,
-                endpoints,
                 keys,
-                extra_headers,
-                anthropic_version,
-                timeouts: Timeouts::resolve(&spec.timeouts, None),
+                auth,
                 retry: spec.retry.clone(),
                 ca,
                 pool,

@@ -79,7 +79,8 @@ pub fn prepare_request(ctx: &mut RequestCtx, req: &mut RequestHeader) -> Result<
     );
     req.insert_header("host", &ep.host_header)?;
     rt.provider(a.provider)
-        .apply_auth(req, a.key.as_ref().map(|(_, k)| &**k))?;
+        .auth
+        .apply(req, a.key.as_ref().map(|(_, k)| &**k))?;
     req.insert_header("content-length", ctx.body.len().to_string())?;
     req.insert_header("accept-encoding", "identity")?;
     req.insert_header("x-request-id", &ctx.request_id)?;
@@ -103,7 +104,7 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
         return Error::e_explain(ErrorType::InternalError, "response without an attempt");
     };
     let provider = rt.provider(a.provider);
-    let key = a.key.as_ref().map(|(i, k)| (*i, k.id.clone()));
+    let key = a.key.clone();
     if let Some((i, _)) = &key {
         provider.keys.observe(*i, status);
     }
@@ -111,7 +112,7 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
         tracing::warn!(
             request_id = %ctx.request_id,
             provider = %provider.name,
-            key_id = key.as_ref().map_or("-", |(_, id)| &**id),
+            key_id = key.as_ref().map_or("-", |(_, k)| &*k.id),
             status,
             "{why}"
         );
@@ -119,8 +120,8 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
     match status {
         401 | 403 => {
             refused("provider refused the gateway's key; trying another");
-            if let (401, Some((i, _))) = (status, &key) {
-                provider.keys.disable(*i, "unauthorized");
+            if let (401, Some((i, k))) = (status, &key) {
+                provider.keys.disable(*i, k, "unauthorized");
             }
             plan.key_failed(Some(GatewayError::ProviderAuthFailed {
                 provider: provider.name.to_string(),
@@ -131,8 +132,8 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
         // and its Retry-After goes to the client below.
         429 if key.is_some() => {
             refused("provider rate-limited the gateway's key; trying another");
-            if let Some((i, _)) = &key {
-                provider.keys.cool_down(*i, &resp.headers, now);
+            if let Some((i, k)) = &key {
+                provider.keys.cool_down(*i, k, &resp.headers, now);
             }
             plan.key_failed(None);
             retry(ctx, status)

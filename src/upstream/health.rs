@@ -7,14 +7,14 @@
 //! Pingora's own `HttpHealthCheck` sends one fixed request with one Host/SNI, counts only 200
 //! as healthy and ignores a per-provider CA (0.9.1), hence this implementation.
 
-use super::keys::{KeyPick, KeyRing};
+use super::keys::KeyRing;
 use super::peer::http_peer;
 use super::pool::BackendState;
+use super::provider::RequestAuth;
 use super::timeouts::Timeouts;
 use super::tls::CaList;
-use crate::config::{HealthCheckKind, HealthCheckSpec, ProviderKind};
+use crate::config::{HealthCheckKind, HealthCheckSpec};
 use async_trait::async_trait;
-use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::HealthCheck;
@@ -29,8 +29,7 @@ pub struct ProviderProbe {
     timeout: Duration,
     healthy_after: usize,
     unhealthy_after: usize,
-    provider_kind: ProviderKind,
-    anthropic_version: HeaderValue,
+    auth: Arc<RequestAuth>,
     keys: Arc<KeyRing>,
     ca: Option<CaList>,
     connector: Connector,
@@ -39,8 +38,7 @@ pub struct ProviderProbe {
 impl ProviderProbe {
     pub fn new(
         spec: &HealthCheckSpec,
-        provider_kind: ProviderKind,
-        anthropic_version: HeaderValue,
+        auth: Arc<RequestAuth>,
         keys: Arc<KeyRing>,
         ca: Option<CaList>,
     ) -> ProviderProbe {
@@ -50,8 +48,7 @@ impl ProviderProbe {
             timeout: Duration::from_millis(spec.timeout_ms),
             healthy_after: spec.healthy_after,
             unhealthy_after: spec.unhealthy_after,
-            provider_kind,
-            anthropic_version,
+            auth,
             keys,
             ca,
             connector: Connector::new(None),
@@ -89,16 +86,10 @@ impl ProviderProbe {
         req.insert_header("host", &state.endpoint.host_header)?;
         req.insert_header("user-agent", "ultra-gateway-health-check")?;
         req.insert_header("accept", "application/json")?;
-        let key = match self.keys.pick(None, &[], tokio::time::Instant::now()) {
-            KeyPick::Key(i, k) => Some((i, k)),
-            _ => None,
-        };
-        if let Some((_, k)) = &key {
-            k.apply(&mut req)?;
-        }
-        if self.provider_kind == ProviderKind::Anthropic {
-            req.insert_header("anthropic-version", self.anthropic_version.clone())?;
-        }
+        // The same headers as traffic: a provider that needs a configured header to accept the
+        // key would otherwise refuse the probe, and the key would be disabled for nothing.
+        let key = self.keys.peek(tokio::time::Instant::now());
+        self.auth.apply(&mut req, key.as_ref().map(|(_, k)| &**k))?;
         session.write_request_header(Box::new(req)).await?;
         session.finish_request_body().await?;
         session.read_response_header().await?;
@@ -109,13 +100,13 @@ impl ProviderProbe {
             );
         };
         let status = resp.status.as_u16();
-        if let Some((i, _)) = key {
-            self.keys.observe(i, status);
+        if let Some((i, k)) = &key {
+            self.keys.observe(*i, status);
             match status {
-                401 => self.keys.disable(i, "unauthorized"),
+                401 => self.keys.disable(*i, k, "unauthorized"),
                 429 => {
                     self.keys
-                        .cool_down(i, &resp.headers, tokio::time::Instant::now());
+                        .cool_down(*i, k, &resp.headers, tokio::time::Instant::now());
                 }
                 _ => {}
             }

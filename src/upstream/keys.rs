@@ -30,10 +30,19 @@ pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
 
 /// Where a key's secret comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum KeySource {
     Value(String),
     File(PathBuf),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Value(_) => f.write_str("Value(<secret>)"),
+            KeySource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +166,15 @@ impl KeyRing {
         self.scan(start, exclude, now)
     }
 
+    /// A usable key without moving the rotation on (health probes: they must not shift which
+    /// key traffic gets next).
+    pub fn peek(&self, now: Instant) -> Option<(usize, Arc<ProviderKey>)> {
+        match self.scan(0, &[], now) {
+            KeyPick::Key(i, k) => Some((i, k)),
+            _ => None,
+        }
+    }
+
     /// The first usable key from `start` on (in ring order), or why there is none.
     fn scan(&self, start: usize, exclude: &[usize], now: Instant) -> KeyPick {
         let n = self.slots.len();
@@ -220,14 +238,29 @@ impl KeyRing {
         }
     }
 
-    /// A 429: the key rests until the provider says it may come back; when it does not say,
-    /// for 30 s, doubled for each 429 in a row (up to 1 h).
-    pub fn cool_down(&self, index: usize, headers: &HeaderMap, now: Instant) -> Duration {
+    /// A 429 for the value `used`: the key rests until the provider says it may come back; when
+    /// it does not say, for 30 s, doubled for each such 429 in a row (up to 1 h). `None` when
+    /// the slot holds another value by now (a rotated file): the new value is not punished.
+    pub fn cool_down(
+        &self,
+        index: usize,
+        used: &ProviderKey,
+        headers: &HeaderMap,
+        now: Instant,
+    ) -> Option<Duration> {
         let slot = &self.slots[index];
+        let hint = cooldown_from(headers);
         let mut st = slot.state.lock();
-        st.refusals_in_a_row = st.refusals_in_a_row.saturating_add(1);
+        if digest(used.secret()) != slot.digest.load(Ordering::Acquire) {
+            return None;
+        }
+        // Only 429s that say nothing about when to come back count towards the doubling.
+        st.refusals_in_a_row = match hint {
+            Some(_) => 0,
+            None => st.refusals_in_a_row.saturating_add(1),
+        };
         let in_a_row = st.refusals_in_a_row;
-        let wait = cooldown_from(headers).unwrap_or_else(|| {
+        let wait = hint.unwrap_or_else(|| {
             let doubled = DEFAULT_COOLDOWN.saturating_mul(1 << (in_a_row - 1).min(16));
             doubled.min(MAX_COOLDOWN)
         });
@@ -238,15 +271,19 @@ impl KeyRing {
         } else {
             tracing::warn!(key_id = %slot.id, seconds = wait.as_secs_f64(), "provider key rate-limited; cooling down");
         }
-        wait
+        Some(wait)
     }
 
-    /// A 401: the key is out until its value changes.
-    pub fn disable(&self, index: usize, reason: &'static str) {
+    /// A 401 for the value `used`: that value is out until the key changes (a value installed
+    /// since is not affected).
+    pub fn disable(&self, index: usize, used: &ProviderKey, reason: &'static str) {
         let slot = &self.slots[index];
+        let used_digest = digest(used.secret());
+        if used_digest != slot.digest.load(Ordering::Acquire) {
+            return;
+        }
         tracing::error!(key_id = %slot.id, reason, "provider key refused; taken out until it changes");
-        let digest = slot.digest.load(Ordering::Acquire);
-        slot.state.lock().disabled = Some((digest, reason));
+        slot.state.lock().disabled = Some((used_digest, reason));
     }
 
     /// Whether some key comes from a file (the manager re-reads those).
@@ -349,7 +386,13 @@ impl Slot {
     }
 
     fn install(&self, kind: ProviderKind, secret: &str) -> Result<(), String> {
-        self.digest.store(digest(secret), Ordering::Release);
+        let new = digest(secret);
+        if self.digest.swap(new, Ordering::AcqRel) != new {
+            // A new value starts afresh: the old one's rate limits were the old one's.
+            let mut st = self.state.lock();
+            st.cooling_until = None;
+            st.refusals_in_a_row = 0;
+        }
         match ProviderKey::new(kind, &self.id, secret) {
             Some(k) => {
                 self.key.store(Some(Arc::new(k)));
@@ -375,7 +418,7 @@ fn digest(secret: &str) -> u64 {
 pub fn cooldown_from(headers: &HeaderMap) -> Option<Duration> {
     let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
     let found = if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+        seconds(ms / 1000.0)
     } else if let Some(v) = get("retry-after") {
         v.parse::<u64>().ok().map(Duration::from_secs).or_else(|| {
             let when = httpdate_secs(v)?;
@@ -397,10 +440,17 @@ pub fn cooldown_from(headers: &HeaderMap) -> Option<Duration> {
     found.filter(|d| !d.is_zero()).map(|d| d.min(MAX_COOLDOWN))
 }
 
+/// A provider-given number of seconds, capped; `None` for a negative, infinite or NaN one
+/// (`Duration::from_secs_f64` would panic on `inf` or `1e30`).
+fn seconds(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(MAX_COOLDOWN.as_secs_f64())))
+}
+
 /// `6m0s`, `1h2m3.5s`, `20ms`, or a bare number of seconds.
 fn parse_go_duration(s: &str) -> Option<Duration> {
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return seconds(secs);
     }
     let mut total = 0.0;
     let mut rest = s;
@@ -421,7 +471,7 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
         total += value * mult;
         rest = &rest[unit_len..];
     }
-    Some(Duration::from_secs_f64(total))
+    seconds(total)
 }
 
 /// Unix seconds of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
@@ -449,6 +499,12 @@ mod tests {
         KeyRing::new(ProviderKind::Openai, affinity, keys).0
     }
 
+    /// Cools key `i` down as a 429 for its current value would.
+    fn cool(r: &KeyRing, i: usize, h: &HeaderMap, now: Instant) -> Duration {
+        let used = r.slots[i].key.load_full().unwrap();
+        r.cool_down(i, &used, h, now).unwrap()
+    }
+
     fn picked(r: &KeyRing, exclude: &[usize], now: Instant) -> Option<usize> {
         match r.pick(None, exclude, now) {
             KeyPick::Key(i, _) => Some(i),
@@ -465,7 +521,7 @@ mod tests {
         assert_ne!(a, b, "round robin");
         let mut h = HeaderMap::new();
         h.insert("retry-after", "20".parse().unwrap());
-        assert_eq!(r.cool_down(0, &h, now), Duration::from_secs(20));
+        assert_eq!(cool(&r, 0, &h, now), Duration::from_secs(20));
         for _ in 0..4 {
             assert_eq!(
                 picked(&r, &[], now),
@@ -473,7 +529,7 @@ mod tests {
                 "traffic moves to the other key"
             );
         }
-        r.cool_down(1, &HeaderMap::new(), now);
+        cool(&r, 1, &HeaderMap::new(), now);
         match r.pick(None, &[], now) {
             KeyPick::Exhausted {
                 back_in: Some(d), ..
@@ -498,7 +554,7 @@ mod tests {
         let waits: Vec<u64> = (0..9)
             .map(|_| {
                 r.observe(0, 429);
-                r.cool_down(0, &none, Instant::now()).as_secs()
+                cool(&r, 0, &none, Instant::now()).as_secs()
             })
             .collect();
         assert_eq!(waits, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
@@ -506,20 +562,43 @@ mod tests {
         hinted.insert("retry-after", "4".parse().unwrap());
         r.observe(0, 429);
         assert_eq!(
-            r.cool_down(0, &hinted, Instant::now()),
+            cool(&r, 0, &hinted, Instant::now()),
             Duration::from_secs(4),
             "a provider that says when is believed"
+        );
+        r.observe(0, 429);
+        assert_eq!(
+            cool(&r, 0, &none, Instant::now()),
+            DEFAULT_COOLDOWN,
+            "a hinted 429 ended the run of unexplained ones"
         );
         r.observe(0, 200);
         r.observe(0, 429);
         assert_eq!(
-            r.cool_down(0, &none, Instant::now()),
+            cool(&r, 0, &none, Instant::now()),
             DEFAULT_COOLDOWN,
             "an answer in between starts over"
         );
         let mut zero = HeaderMap::new();
         zero.insert("x-ratelimit-reset-tokens", "0".parse().unwrap());
         assert_eq!(cooldown_from(&zero), None, "a zero hint is no hint");
+        for absurd in ["inf", "1e30", "NaN", "-5"] {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after-ms", absurd.parse().unwrap());
+            assert!(
+                cooldown_from(&h).is_none_or(|d| d <= MAX_COOLDOWN),
+                "{absurd}: no panic, no endless cooldown"
+            );
+            let mut h = HeaderMap::new();
+            h.insert("x-ratelimit-reset-tokens", absurd.parse().unwrap());
+            assert!(cooldown_from(&h).is_none_or(|d| d <= MAX_COOLDOWN));
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-reset-tokens",
+            "99999999999999h".parse().unwrap(),
+        );
+        assert_eq!(cooldown_from(&h), Some(MAX_COOLDOWN));
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -534,7 +613,9 @@ mod tests {
         );
         assert!(problems.is_empty());
         assert!(r.has_live());
-        r.disable(0, "unauthorized");
+        let old = r.slots[0].key.load_full().unwrap();
+        cool(&r, 0, &HeaderMap::new(), Instant::now());
+        r.disable(0, &old, "unauthorized");
         assert!(!r.has_live(), "a refused key is not alive");
         assert!(matches!(
             r.pick(None, &[], Instant::now()),
@@ -556,9 +637,16 @@ mod tests {
         assert!(r.refresh_files());
         assert!(!r.refresh_files(), "taken once");
         match r.pick(None, &[], Instant::now()) {
-            KeyPick::Key(0, k) => assert!(format!("{k:?}").contains("f")),
+            KeyPick::Key(0, k) => assert_eq!(k.secret(), "sk-new", "and not cooling either"),
             other => panic!("{other:?}"),
         }
+        // Answers to requests sent with the old value do not touch the new one.
+        r.disable(0, &old, "unauthorized");
+        assert_eq!(
+            r.cool_down(0, &old, &HeaderMap::new(), Instant::now()),
+            None
+        );
+        assert_eq!(r.view(Instant::now())[0].state, "active");
     }
 
     #[test]

@@ -1,9 +1,7 @@
 //! A compiled provider: its endpoints, pool, key ring and how its kind authenticates.
 
-use super::endpoint::Endpoint;
 use super::keys::KeyRing;
 use super::pool::Pool;
-use super::timeouts::Timeouts;
 use super::tls::CaList;
 use crate::config::{KeyAffinity, MockSpec, ProviderKind, RetrySpec};
 use crate::registry::ProviderId;
@@ -71,17 +69,41 @@ impl ProviderKey {
     }
 }
 
+/// How a provider's requests (traffic and health probes alike) carry its credentials and
+/// static headers.
+#[derive(Debug)]
+pub struct RequestAuth {
+    pub kind: ProviderKind,
+    pub anthropic_version: HeaderValue,
+    /// Marked sensitive: they may hold credentials.
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl RequestAuth {
+    /// Puts `key` (if any), `anthropic-version` (Anthropic, unless the client sent one) and the
+    /// static headers on an upstream request.
+    pub fn apply(&self, req: &mut RequestHeader, key: Option<&ProviderKey>) -> pingora::Result<()> {
+        if let Some(k) = key {
+            k.apply(req)?;
+        }
+        if self.kind == ProviderKind::Anthropic && req.headers.get("anthropic-version").is_none() {
+            req.insert_header("anthropic-version", self.anthropic_version.clone())?;
+        }
+        for (n, v) in &self.extra_headers {
+            req.insert_header(n.clone(), v.clone())?;
+        }
+        Ok(())
+    }
+}
+
 /// The compiled provider.
 #[derive(Debug)]
 pub struct Provider {
     pub id: ProviderId,
     pub name: Arc<str>,
     pub kind: ProviderKind,
-    pub endpoints: Vec<Arc<Endpoint>>,
     pub keys: Arc<KeyRing>,
-    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
-    pub anthropic_version: HeaderValue,
-    pub timeouts: Timeouts,
+    pub auth: Arc<RequestAuth>,
     pub retry: RetrySpec,
     pub ca: Option<CaList>,
     /// `None` for the mock provider, which has no network backends.
@@ -96,11 +118,12 @@ impl Provider {
             id,
             name: Arc::from("test-mode"),
             kind: ProviderKind::Mock,
-            endpoints: Vec::new(),
             keys: Arc::new(KeyRing::new(ProviderKind::Mock, KeyAffinity::None, Vec::new()).0),
-            extra_headers: Vec::new(),
-            anthropic_version: HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
-            timeouts: Timeouts::DEFAULT,
+            auth: Arc::new(RequestAuth {
+                kind: ProviderKind::Mock,
+                anthropic_version: HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
+                extra_headers: Vec::new(),
+            }),
             retry: RetrySpec::default(),
             ca: None,
             pool: None,
@@ -113,41 +136,20 @@ impl Provider {
     /// refused. Keys that are only cooling down after a 429 count: they come back by themselves,
     /// and readiness must not flap with the provider's rate limits.
     pub fn is_usable(&self) -> bool {
-        match (&self.pool, self.kind) {
-            (_, ProviderKind::Mock) => true,
-            (Some(pool), _) => pool.has_available() && self.keys.has_live(),
-            (None, _) => false,
-        }
+        self.kind == ProviderKind::Mock
+            || self
+                .pool
+                .as_ref()
+                .is_some_and(|p| p.has_available() && self.keys.has_live())
     }
 
     /// Whether a request could be sent this instant: as `is_usable`, but a key must also be
     /// free of any cooldown (routing skips a provider whose keys all rest).
     pub fn can_take_now(&self) -> bool {
-        match (&self.pool, self.kind) {
-            (_, ProviderKind::Mock) => true,
-            (Some(pool), _) => {
-                pool.has_available() && self.keys.has_usable(&[], tokio::time::Instant::now())
-            }
-            (None, _) => false,
-        }
-    }
-
-    /// Puts this provider's credentials and static headers on an upstream request.
-    pub fn apply_auth(
-        &self,
-        req: &mut RequestHeader,
-        key: Option<&ProviderKey>,
-    ) -> pingora::Result<()> {
-        if let Some(k) = key {
-            k.apply(req)?;
-        }
-        if self.kind == ProviderKind::Anthropic && req.headers.get("anthropic-version").is_none() {
-            req.insert_header("anthropic-version", self.anthropic_version.clone())?;
-        }
-        for (n, v) in &self.extra_headers {
-            req.insert_header(n.clone(), v.clone())?;
-        }
-        Ok(())
+        self.kind == ProviderKind::Mock
+            || self.pool.as_ref().is_some_and(|p| {
+                p.has_available() && self.keys.has_usable(&[], tokio::time::Instant::now())
+            })
     }
 }
 

@@ -203,7 +203,11 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
         }
     })
     .await;
-    let gw = TestGateway::start(&pool_config(&[up.url()], TWO_KEYS, ""));
+    let gw = TestGateway::start(&pool_config(
+        &[up.url()],
+        TWO_KEYS,
+        "    headers: { x-proxy-token: pt-1 }",
+    ));
     assert_eq!(gw.chat("m").await.status(), 200);
     let probe = up.probes().into_iter().next().expect("probed at start");
     assert_eq!(probe.method, "GET");
@@ -212,6 +216,11 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
         auth(&probe).starts_with("Bearer sk-"),
         "probes carry a usable key"
     );
+    assert_eq!(
+        probe.header("x-proxy-token"),
+        Some("pt-1"),
+        "and the provider's configured headers, as traffic does"
+    );
 
     down.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -219,14 +228,7 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
         assert!(Instant::now() < deadline, "the backend never went down");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ready: Value = client()
-        .get(gw.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = gw.get("/ready").await.json().await.unwrap();
     assert_eq!(ready["unservable_models"], json!(["m"]));
     down.store(false, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(10);
