@@ -5,7 +5,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ pub const QUEUE_LINES: usize = 16 * 1024;
 
 /// Pause between two drains of the queue: lines reach the file at most this late.
 const BATCH_PAUSE: Duration = Duration::from_millis(5);
+/// Longest idle wait for a line: a reopen request is noticed within it.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
 
 /// Where a sink writes: `stdout`, `stderr`, `off`, or a file path (appended, and reopened after
 /// `request_reopen`, for log rotation).
@@ -112,8 +114,21 @@ impl LineSink {
                     }
                     if wrote {
                         let _ = out.flush();
+                        std::thread::sleep(BATCH_PAUSE);
+                        continue;
                     }
-                    std::thread::sleep(BATCH_PAUSE);
+                    // Idle: wait for the next line (or a reopen request) without polling.
+                    match rx.recv_timeout(IDLE_WAIT) {
+                        Ok(line) => {
+                            let _ = out.write_all(&line);
+                            let _ = out.flush();
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => {
+                            let _ = out.flush();
+                            return;
+                        }
+                    }
                 }
             })?;
         Ok(LineSink {

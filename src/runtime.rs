@@ -30,6 +30,7 @@ const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
 pub struct Runtime {
     pub mode: Mode,
     pub max_body_bytes: u64,
+    pub body_read_timeout: Duration,
     pub models_max_age_seconds: u64,
     pub registry: Registry,
     pub providers: Vec<Provider>,
@@ -255,6 +256,7 @@ impl Runtime {
         let runtime = Runtime {
             mode: config.mode,
             max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: Duration::from_secs(config.server.body_read_timeout_seconds),
             models_max_age_seconds: config.server.models_max_age_seconds,
             registry,
             providers,

@@ -38,6 +38,9 @@ pub struct ServerSection {
     pub threads: usize,
     /// Largest accepted request body in bytes; larger ones get 413. Default 16 MiB.
     pub max_body_bytes: u64,
+    /// Longest wait, in seconds, for the next piece of a request body; a client that stalls
+    /// longer gets 408. Default 60.
+    pub body_read_timeout_seconds: u64,
     /// Seconds to keep serving in-flight requests after SIGTERM. Default 10.
     pub grace_period_seconds: u64,
     /// Seconds given to runtimes to stop after the grace period. Default 5.
@@ -57,6 +60,7 @@ impl Default for ServerSection {
             listen: "127.0.0.1:8080".into(),
             threads: 2,
             max_body_bytes: 16 * 1024 * 1024,
+            body_read_timeout_seconds: 60,
             grace_period_seconds: 10,
             graceful_shutdown_timeout_seconds: 5,
             models_max_age_seconds: 60,

@@ -223,6 +223,13 @@ fn validate_server(c: &Config, errors: &mut Vec<ConfigError>) {
             "must be at least 1024",
         ));
     }
+    if s.body_read_timeout_seconds == 0 {
+        errors.push(ConfigError::new(
+            file,
+            "server.body_read_timeout_seconds",
+            "must be at least 1",
+        ));
+    }
     let mut seen = HashSet::new();
     for (i, x) in s.extra_paths.iter().enumerate() {
         let p = format!("server.extra_paths[{i}]");

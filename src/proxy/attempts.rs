@@ -50,9 +50,9 @@ pub struct Plan {
     tried_keys: Vec<(ProviderId, usize)>,
     /// A key of the current target was refused since the last spent attempt.
     key_trouble: bool,
-    /// When a rate-limited key comes back, the soonest across providers.
+    /// When a rate-limited key comes back, the soonest across providers (`Some`: a provider was
+    /// skipped because all its keys were cooling).
     keys_back_in: Option<Duration>,
-    keys_exhausted: bool,
     /// What the client gets if nothing else works.
     pub last_error: Option<GatewayError>,
     model_id: Arc<str>,
@@ -83,7 +83,6 @@ impl Plan {
             tried_keys: Vec::new(),
             key_trouble: false,
             keys_back_in: None,
-            keys_exhausted: false,
             last_error: None,
             model_id,
             current: None,
@@ -124,12 +123,7 @@ impl Plan {
             let t = &self.targets[ti];
             let provider = rt.provider(t.provider);
             let Some(pool) = &provider.pool else { continue };
-            let tried_keys: Vec<usize> = self
-                .tried_keys
-                .iter()
-                .filter(|(p, _)| *p == t.provider)
-                .map(|(_, k)| *k)
-                .collect();
+            let tried_keys = self.tried_keys_of(t.provider);
             let key = match provider.keys.pick(Some(caller), &tried_keys, now) {
                 KeyPick::Key(i, k) => Some((i, k)),
                 KeyPick::NoneNeeded => None,
@@ -137,7 +131,6 @@ impl Plan {
                     // Cooling keys come back: 429 with when. Keys the provider refused do not:
                     // that is the gateway's configuration problem (502).
                     if let Some(b) = back_in {
-                        self.keys_exhausted = true;
                         self.keys_back_in = Some(self.keys_back_in.map_or(b, |s| s.min(b)));
                     }
                     if refused && self.last_error.is_none() {
@@ -148,12 +141,7 @@ impl Plan {
                     continue;
                 }
             };
-            let mut exclude: Vec<SocketAddr> = self
-                .tried_backends
-                .iter()
-                .filter(|(p, _)| *p == t.provider)
-                .map(|(_, a)| *a)
-                .collect();
+            let mut exclude = self.tried_backends_of(t.provider);
             // A breaker may close its half-open slot between selection and admission: try on.
             while let Some(b) = pool.select(subject, &exclude, now) {
                 let (admission, ticket) = b.breaker.admit(now);
@@ -225,36 +213,41 @@ impl Plan {
             let Some(pool) = &provider.pool else {
                 return false;
             };
-            let mut exclude: Vec<SocketAddr> = self
-                .tried_backends
-                .iter()
-                .filter(|(p, _)| *p == t.provider)
-                .map(|(_, a)| *a)
-                .collect();
+            let mut exclude = self.tried_backends_of(t.provider);
             if i == 0 {
                 exclude.push(cur.backend.addr);
             }
-            let tried_keys: Vec<usize> = self
-                .tried_keys
-                .iter()
-                .filter(|(p, _)| *p == t.provider)
-                .map(|(_, k)| *k)
-                .collect();
+            let tried_keys = self.tried_keys_of(t.provider);
             pool.available_except(&exclude, now) && provider.keys.has_usable(&tried_keys, now)
         })
+    }
+
+    /// Keys of `provider` this request already tried.
+    fn tried_keys_of(&self, provider: ProviderId) -> Vec<usize> {
+        self.tried_keys
+            .iter()
+            .filter(|(p, _)| *p == provider)
+            .map(|(_, k)| *k)
+            .collect()
+    }
+
+    /// Backends of `provider` this request already tried.
+    fn tried_backends_of(&self, provider: ProviderId) -> Vec<SocketAddr> {
+        self.tried_backends
+            .iter()
+            .filter(|(p, _)| *p == provider)
+            .map(|(_, a)| *a)
+            .collect()
     }
 
     fn final_error(&self) -> GatewayError {
         if let Some(e) = &self.last_error {
             return e.clone();
         }
-        if self.keys_exhausted {
+        if let Some(d) = self.keys_back_in {
             return GatewayError::ProviderRateLimited {
                 // Rounded up: a client that waits exactly this long finds a key back.
-                retry_after: self
-                    .keys_back_in
-                    .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
-                    .map_or(30, |s| s.max(1)),
+                retry_after: (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1),
             };
         }
         GatewayError::NoHealthyUpstream {

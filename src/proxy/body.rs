@@ -17,9 +17,6 @@ use std::time::Duration;
 /// Pingora's retry buffer size (`BODY_BUF_LIMIT` in pingora-core 0.9.1).
 pub const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 
-/// Longest wait for the next piece of a request body: a client that stalls is cut off.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// A body read in full.
 #[derive(Debug)]
 pub struct ReadBody {
@@ -52,12 +49,17 @@ pub fn declared_length(session: &Session) -> Option<u64> {
 }
 
 /// Reads the whole body, refusing more than `max` bytes.
-pub async fn read_body(session: &mut Session, max: u64) -> Result<ReadBody, BodyError> {
+/// `timeout` is the longest wait for the next piece: a client that stalls is cut off.
+pub async fn read_body(
+    session: &mut Session,
+    max: u64,
+    timeout: Duration,
+) -> Result<ReadBody, BodyError> {
     let declared = declared_length(session);
     if declared.is_some_and(|n| n > max) {
         return Err(BodyError::TooLarge);
     }
-    session.set_read_timeout(Some(BODY_READ_TIMEOUT));
+    session.set_read_timeout(Some(timeout));
     let capacity = declared.unwrap_or(16 * 1024).min(max) as usize;
     let mut buf = BytesMut::with_capacity(capacity);
     let mut buffering = false;

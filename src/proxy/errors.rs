@@ -24,6 +24,12 @@ pub enum GatewayError {
     RequestTooLarge {
         limit: u64,
     },
+    /// The request body's framing is broken (bad chunked encoding): nothing to route.
+    MalformedBody,
+    /// The request body stopped arriving.
+    BodyTimeout {
+        seconds: u64,
+    },
     /// The upstream answered with something unusable, or could not be reached.
     BadUpstream {
         provider: String,
@@ -55,7 +61,10 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
-            GatewayError::InvalidJson(_) | GatewayError::MissingModel(_) => 400,
+            GatewayError::InvalidJson(_)
+            | GatewayError::MissingModel(_)
+            | GatewayError::MalformedBody => 400,
+            GatewayError::BodyTimeout { .. } => 408,
             GatewayError::ModelNotFound { .. } | GatewayError::UnknownEndpoint => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::RequestTooLarge { .. } => 413,
@@ -80,7 +89,7 @@ impl GatewayError {
             GatewayError::AuditUnavailable | GatewayError::Internal => "server_error",
             GatewayError::ProviderRateLimited { .. } => "rate_limit_error",
             _ => match self.status() {
-                400 | 404 | 405 | 413 => "invalid_request_error",
+                400 | 404 | 405 | 408 | 413 => "invalid_request_error",
                 _ => "upstream_error",
             },
         }
@@ -94,6 +103,8 @@ impl GatewayError {
             GatewayError::UnknownEndpoint => "unknown_endpoint",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::RequestTooLarge { .. } => "request_too_large",
+            GatewayError::MalformedBody => "invalid_body",
+            GatewayError::BodyTimeout { .. } => "request_timeout",
             GatewayError::BadUpstream { .. } => "bad_upstream_response",
             GatewayError::ProviderAuthFailed { .. } => "provider_auth_failed",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
@@ -137,6 +148,12 @@ impl GatewayError {
             GatewayError::RequestTooLarge { limit } => {
                 format!("The request body is larger than this gateway accepts ({limit} bytes).")
             }
+            GatewayError::MalformedBody => {
+                "The request body could not be read: its chunked encoding is malformed.".into()
+            }
+            GatewayError::BodyTimeout { seconds } => {
+                format!("The request body stopped arriving (nothing for {seconds} s).")
+            }
             GatewayError::BadUpstream { provider, detail } => format!("Provider `{provider}` failed: {detail}."),
             GatewayError::ProviderAuthFailed { provider } => format!(
                 "Provider `{provider}` rejected the gateway's credentials. This is a gateway configuration problem, not a problem with your request or credentials."
@@ -173,7 +190,10 @@ impl GatewayError {
     /// own credentials, never improve on retry either.
     pub fn should_retry(&self) -> Option<bool> {
         match self {
-            GatewayError::AuditUnavailable | GatewayError::Auth(Refusal::AuthUnavailable) => None,
+            // A stalled upload may well go through the next time.
+            GatewayError::AuditUnavailable
+            | GatewayError::Auth(Refusal::AuthUnavailable)
+            | GatewayError::BodyTimeout { .. } => None,
             _ => Some(false),
         }
     }
@@ -308,6 +328,66 @@ mod tests {
                 504,
                 "upstream_error",
                 "upstream_timeout",
+            ),
+            (
+                GatewayError::MalformedBody,
+                400,
+                "invalid_request_error",
+                "invalid_body",
+            ),
+            (
+                GatewayError::BodyTimeout { seconds: 60 },
+                408,
+                "invalid_request_error",
+                "request_timeout",
+            ),
+            (
+                GatewayError::ProviderRateLimited { retry_after: 3 },
+                429,
+                "rate_limit_error",
+                "provider_rate_limited",
+            ),
+            (
+                GatewayError::AuditUnavailable,
+                503,
+                "server_error",
+                "audit_unavailable",
+            ),
+            (
+                GatewayError::Internal,
+                500,
+                "server_error",
+                "internal_error",
+            ),
+            (
+                GatewayError::Auth(Refusal::MissingCredentials),
+                401,
+                "authentication_error",
+                "missing_credentials",
+            ),
+            (
+                GatewayError::Auth(Refusal::JwtNotAccepted),
+                401,
+                "authentication_error",
+                "invalid_token",
+            ),
+            (
+                GatewayError::Auth(Refusal::ApiKeyExpired),
+                401,
+                "authentication_error",
+                "invalid_api_key",
+            ),
+            (
+                GatewayError::Auth(Refusal::ModelForbidden),
+                403,
+                "permission_error",
+                "permission_denied",
+            ),
+            (
+                GatewayError::Auth(Refusal::AuthUnavailable),
+                503,
+                "authentication_error",
+                "auth_unavailable",
             ),
         ];
         for (e, status, ty, code) in cases {

@@ -265,12 +265,11 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if let Some(t) = &ctx.timer {
-            if end_of_stream {
-                t.disarm();
-            } else {
-                t.progress();
-            }
+        if end_of_stream {
+            // Dropping the watchdog disarms it, before the connection can be reused.
+            ctx.timer = None;
+        } else if let Some(t) = &ctx.timer {
+            t.progress();
         }
         ctx.response.chunk(body, end_of_stream);
         if let Some(b) = body {
@@ -314,9 +313,7 @@ impl ProxyHttp for Gateway {
             .pending_error
             .take()
             .or_else(|| upstream_flow::classify(e, ctx));
-        if let Some(t) = ctx.timer.take() {
-            t.disarm();
-        }
+        ctx.timer = None;
         match &gerr {
             Some(GatewayError::Internal) => {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "request failed inside the gateway")

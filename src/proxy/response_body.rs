@@ -13,12 +13,20 @@ use std::sync::Arc;
 /// Error bodies larger than this are passed on unscrubbed rather than held in memory.
 const MAX_SCRUBBED_BODY: usize = 256 * 1024;
 
+/// How an SSE line that reports an error begins. Only a line's start counts: the same text
+/// inside a model's answer is JSON-escaped data, never at the start of a line.
+const SSE_ERROR_LINES: [&[u8]; 3] = [b"data: {\"error\"", b"data:{\"error\"", b"event: error"];
+/// Longest of `SSE_ERROR_LINES`.
+const SSE_LINE_HEAD: usize = 14;
+
 #[derive(Debug, Default)]
 pub struct ResponseWatch {
     /// The response is a `text/event-stream`.
     pub sse: bool,
     /// An SSE event carried an `error` object.
     pub error_event: bool,
+    /// The first bytes of the current SSE line (a line may span chunks).
+    line_head: Vec<u8>,
     /// An error body being collected for scrubbing, with the secrets to remove.
     scrub: Option<(BytesMut, Vec<Arc<ProviderKey>>)>,
 }
@@ -41,13 +49,8 @@ impl ResponseWatch {
     /// Sees one body chunk (replacing it when an error body is being scrubbed).
     pub fn chunk(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) {
         if self.sse {
-            if let Some(b) = body {
-                if contains(b, b"data: {\"error\"")
-                    || contains(b, b"data:{\"error\"")
-                    || contains(b, b"event: error")
-                {
-                    self.error_event = true;
-                }
+            if let (Some(b), false) = (body, self.error_event) {
+                self.see_sse(b);
             }
             return;
         }
@@ -71,8 +74,32 @@ impl ResponseWatch {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+impl ResponseWatch {
+    /// Looks at the start of every SSE line in `chunk` for an error event.
+    fn see_sse(&mut self, chunk: &[u8]) {
+        let mut rest = chunk;
+        loop {
+            let newline = rest.iter().position(|&c| c == b'\n');
+            let line = &rest[..newline.unwrap_or(rest.len())];
+            let room = SSE_LINE_HEAD.saturating_sub(self.line_head.len());
+            self.line_head
+                .extend_from_slice(&line[..room.min(line.len())]);
+            if SSE_ERROR_LINES
+                .iter()
+                .any(|m| self.line_head.starts_with(m))
+            {
+                self.error_event = true;
+                return;
+            }
+            match newline {
+                Some(i) => {
+                    self.line_head.clear();
+                    rest = &rest[i + 1..];
+                }
+                None => return,
+            }
+        }
+    }
 }
 
 /// Removes the configured secrets and anything shaped like a provider key (`sk-` and at least
@@ -178,5 +205,38 @@ mod tests {
         w.chunk(&mut b, false);
         assert!(w.error_event);
         assert!(sse_error_event(&GatewayError::Internal).starts_with(b"data: {\"error\""));
+    }
+
+    fn watch_sse(chunks: &[&'static [u8]]) -> bool {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-type", "text/event-stream")
+            .unwrap();
+        let mut w = ResponseWatch::default();
+        w.start(&mut resp, vec![]);
+        for c in chunks {
+            w.chunk(&mut Some(Bytes::from_static(c)), false);
+        }
+        w.error_event
+    }
+
+    #[test]
+    fn only_a_line_that_starts_an_error_event_counts() {
+        // A model that writes about SSE errors is not failing.
+        assert!(!watch_sse(&[
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"an SSE event: error line; data: {\\\"error\\\"\"}}]}\n\n"
+        ]));
+        assert!(watch_sse(&[b"event: error\ndata: {}\n\n"]));
+        // Split across chunks, even in the middle of the marker.
+        assert!(watch_sse(&[
+            b"data: {\"choices\":[]}\n\nda",
+            b"ta: {\"er",
+            b"ror\":{}}\n\n"
+        ]));
+        assert!(!watch_sse(&[
+            b"data: {\"choices\":[]}\n",
+            b"\n",
+            b"data: {\"e",
+            b"x\":1}\n"
+        ]));
     }
 }

@@ -15,6 +15,7 @@ use crate::runtime::Runtime;
 use crate::upstream::timeouts::Timeouts;
 use bytes::Bytes;
 use pingora::proxy::Session;
+use pingora::ErrorType;
 use std::sync::Arc;
 
 /// Where a request goes.
@@ -65,12 +66,24 @@ pub async fn route(
     if expects_continue {
         session.write_continue_response().await?;
     }
-    let read = match body::read_body(session, limit).await {
+    let read = match body::read_body(session, limit, rt.body_read_timeout).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             return Ok(Routed::Rejected(GatewayError::RequestTooLarge { limit }))
         }
-        Err(BodyError::Read(e)) => return Err(e),
+        Err(BodyError::Read(e)) => {
+            // The connection's framing cannot be trusted after any of these.
+            session.set_keepalive(None);
+            return match e.etype() {
+                ErrorType::ReadTimedout => Ok(Routed::Rejected(GatewayError::BodyTimeout {
+                    seconds: rt.body_read_timeout.as_secs(),
+                })),
+                ErrorType::Custom("InvalidChunk" | "InvalidTrailerEnd")
+                | ErrorType::InvalidHTTPHeader => Ok(Routed::Rejected(GatewayError::MalformedBody)),
+                // The client closed or broke the connection mid-body: it is gone.
+                _ => Err(e.into_down()),
+            };
+        }
     };
     let probe = match model_field::probe(&read.bytes) {
         Ok(p) => p,
@@ -129,12 +142,22 @@ pub async fn route(
         target: target.clone(),
         stream,
     };
-    // A mock first in line answers in place; other targets go through the retry plan.
-    let first = model
+    // A mock first in line answers in place; other targets go through the retry plan. Only a
+    // model with a mock target pays for the availability scan.
+    let is_mock = |t: &&Target| rt.provider(t.provider).kind == ProviderKind::Mock;
+    let mock_first = model
         .targets
         .iter()
-        .find(|t| rt.provider(t.provider).can_take_now());
-    if let Some(t) = first.filter(|t| rt.provider(t.provider).kind == ProviderKind::Mock) {
+        .any(|t| is_mock(&t))
+        .then(|| {
+            model
+                .targets
+                .iter()
+                .find(|t| rt.provider(t.provider).can_take_now())
+        })
+        .flatten()
+        .filter(is_mock);
+    if let Some(t) = mock_first {
         ctx.route = Some(route(t));
         ctx.body = if *probe.model == *t.upstream_model {
             read.bytes
@@ -147,13 +170,8 @@ pub async fn route(
         return Ok(Routed::NeedsSubrequest(read.bytes));
     }
     ctx.original_body = read.bytes;
-    let Some(primary) = model.targets.first() else {
-        return Ok(Routed::Rejected(GatewayError::NoHealthyUpstream {
-            model: model.id.to_string(),
-            retry_after: 5,
-        }));
-    };
-    ctx.route = Some(route(primary));
+    // Validation guarantees at least one target.
+    ctx.route = Some(route(&model.targets[0]));
     let now = tokio::time::Instant::now();
     let mut plan = Plan::new(rt, model.id.clone(), model.targets.clone(), 0, now);
     let subject = ctx

@@ -46,6 +46,10 @@ pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         ctx.body_target = Some(attempt.target);
     }
     ctx.last_provider = Some(target.provider_name.clone());
+    // Timings describe the attempt that answers, not one that failed before it.
+    ctx.upstream_sent = None;
+    ctx.upstream_header = None;
+    ctx.upstream_done = None;
     ctx.last_backend = Some(attempt.backend.addr);
     ctx.last_key_id = attempt.key.as_ref().map(|(_, k)| k.id.clone());
     let provider = rt.provider(attempt.provider);
@@ -158,7 +162,13 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
                 // Final: the gateway retried already; SDK retries would multiply its attempts.
                 let _ = resp.insert_header("x-should-retry", "false");
             }
-            ctx.response.start(resp, provider.keys.secrets());
+            // Only error bodies are scrubbed: the ring's secrets are not copied for the rest.
+            let secrets = if status >= 400 {
+                provider.keys.secrets()
+            } else {
+                Vec::new()
+            };
+            ctx.response.start(resp, secrets);
             ctx.decorate(resp);
             Ok(())
         }
@@ -175,24 +185,30 @@ fn retry(ctx: &mut RequestCtx, status: u16) -> Result<()> {
 }
 
 /// Connecting failed (refused, TLS, timeout): the backend is at fault.
-pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+pub fn on_connect_failure(ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+    backend_failed(ctx, e)
+}
+
+/// The attempt failed because of its backend: recorded against it, and retried while the
+/// budget allows. Otherwise the client's error is decided now, while the attempt's timer still
+/// tells whether a limit ran out.
+fn backend_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     let now = tokio::time::Instant::now();
     let failure = classify(&e, ctx).unwrap_or(GatewayError::Internal);
     end_attempt_timer(ctx);
-    if let Some(plan) = ctx.plan.as_mut() {
-        if let Some(a) = &plan.current {
-            a.backend.record_error(e.etype().as_str());
-        }
-        plan.backend_failed(failure, now);
-        let again = plan.budget_left(now);
-        if !again {
-            // The verdict is made now, while the attempt's timer still told what happened.
-            ctx.pending_error = plan.last_error.clone();
-        }
-        e.set_retry(again);
-    } else {
+    let Some(plan) = ctx.plan.as_mut() else {
         e.set_retry(false);
+        return e;
+    };
+    if let Some(a) = &plan.current {
+        a.backend.record_error(e.etype().as_str());
     }
+    plan.backend_failed(failure, now);
+    let again = plan.budget_left(now);
+    if !again {
+        ctx.pending_error = plan.last_error.clone();
+    }
+    e.set_retry(again);
     e
 }
 
@@ -209,7 +225,6 @@ pub fn on_proxy_error(
         e.set_retry(true);
         return e;
     }
-    let now = tokio::time::Instant::now();
     let Some(plan) = ctx.plan.as_mut() else {
         e.set_retry(false);
         return e;
@@ -235,29 +250,13 @@ pub fn on_proxy_error(
         e.set_retry(true);
         return e;
     }
-    let failure = classify(&e, ctx).unwrap_or(GatewayError::Internal);
-    end_attempt_timer(ctx);
-    let Some(plan) = ctx.plan.as_mut() else {
-        return e;
-    };
-    if let Some(a) = &plan.current {
-        a.backend.record_error(e.etype().as_str());
-    }
-    plan.backend_failed(failure, now);
-    let again = plan.budget_left(now);
-    if !again {
-        ctx.pending_error = plan.last_error.clone();
-    }
-    e.set_retry(again);
-    e
+    backend_failed(ctx, e)
 }
 
 /// An attempt is over: its watchdog must not outlive it (the connection may go back to the pool
-/// and serve another request).
+/// and serve another request). Dropping the timer disarms it.
 fn end_attempt_timer(ctx: &mut RequestCtx) {
-    if let Some(t) = ctx.timer.take() {
-        t.disarm();
-    }
+    ctx.timer = None;
 }
 
 /// The request is over: the last attempt's breaker gets its outcome.

@@ -162,3 +162,51 @@ async fn expect_100_continue_is_answered() {
     let r = raw::send(gw.addr, head.as_bytes()).await;
     assert_eq!(r.status, 413);
 }
+
+#[tokio::test]
+async fn a_stalled_or_malformed_body_is_the_clients_problem() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = MockUpstream::openai_like().await;
+    let cfg = openai_config(&up.url()).replace(
+        "server: { grace_period_seconds: 1 }",
+        "server: { grace_period_seconds: 1, body_read_timeout_seconds: 1 }",
+    );
+    let gw = TestGateway::start(&cfg);
+
+    // Ten of the hundred announced bytes, then nothing: 408, and the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("answered and closed within 10 s")
+        .unwrap();
+    let r = raw::parse(&buf);
+    assert_eq!(r.status, 408);
+    assert_eq!(r.json()["error"]["code"], "request_timeout");
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    let rid = r.header("x-request-id").unwrap().to_string();
+    let entry = gw.access_entry(&rid).await;
+    assert_eq!(entry["status"], 408);
+    assert_eq!(entry["error"], "request_timeout");
+
+    // A chunk size that is not hexadecimal: 400, and the connection is closed.
+    let r = raw::send(
+        gw.addr,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_body");
+    assert!(up.received().is_empty(), "nothing went upstream");
+    assert!(
+        !gw.all_output()
+            .contains("request failed inside the gateway"),
+        "{}",
+        gw.all_output()
+    );
+}
