@@ -4,7 +4,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header};
 use std::sync::Arc;
-use ultra_gateway::auth::api_key::{sha256, ApiKeys};
+use ultra_gateway::auth::api_key::{sha256, ApiKey, ApiKeys};
 use ultra_gateway::auth::jwt::{JwtSettings, JwtVerifier};
 use ultra_gateway::auth::keys::{from_pem, VerifyKey};
 
@@ -48,11 +48,10 @@ fn bench(c: &mut Criterion) {
 
     let hs = verifier(
         vec![Algorithm::HS256],
-        vec![VerifyKey {
-            kid: None,
-            family: AlgorithmFamily::Hmac,
-            key: DecodingKey::from_secret(SECRET.as_bytes()),
-        }],
+        vec![VerifyKey::configured(
+            AlgorithmFamily::Hmac,
+            DecodingKey::from_secret(SECRET.as_bytes()),
+        )],
         10_000,
     );
     let hs_token = token(
@@ -107,13 +106,11 @@ fn bench(c: &mut Criterion) {
     });
 
     for n in [10usize, 10_000] {
-        let keys = ApiKeys::new((0..n).map(|k| {
-            (
-                Arc::from(format!("k{k}").as_str()),
+        let keys = ApiKeys::new((0..n).map(|k| ApiKey {
+            roles: 1,
+            ..ApiKey::new(
+                &format!("k{k}"),
                 sha256(format!("uk_bench_key_{k}").as_bytes()),
-                1,
-                None,
-                false,
             )
         }));
         let present = format!("uk_bench_key_{}", n / 2);

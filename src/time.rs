@@ -63,10 +63,21 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match mo {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=12).contains(&mo) || !(1..=month_days).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return None;
     }
     let mut rest = &s[19..];
+    // Byte slicing below needs ASCII (a multi-byte character would split).
+    if !rest.is_ascii() {
+        return None;
+    }
     if let Some(frac) = rest.strip_prefix('.') {
         let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
@@ -134,6 +145,11 @@ mod tests {
             "2026-11-25T21:13:21",
             "x026-11-25T21:13:21Z",
             "2026-11-25T21:13:21.Z",
+            "2027-02-31T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2027-01-31T00:00:00+0é00",
+            "2027-01-31T00:00:00é",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }

@@ -15,11 +15,29 @@ pub const KEY_PREFIX: &str = "uk_";
 #[derive(Debug, Clone)]
 pub struct ApiKey {
     pub id: Arc<str>,
-    digest: [u8; 32],
+    /// SHA-256 of the key (the key itself is never configured).
+    pub digest: [u8; 32],
+    /// The key's roles as a set (`Rbac::role_set`), and by name for principals and the audit
+    /// log (built once, not per request).
     pub roles: u64,
+    pub role_names: Arc<[String]>,
     /// Unix seconds after which it is refused.
     pub expires_at: Option<i64>,
     pub disabled: bool,
+}
+
+impl ApiKey {
+    /// A key with no roles, no expiry, enabled.
+    pub fn new(id: &str, digest: [u8; 32]) -> ApiKey {
+        ApiKey {
+            id: Arc::from(id),
+            digest,
+            roles: 0,
+            role_names: Arc::from([]),
+            expires_at: None,
+            disabled: false,
+        }
+    }
 }
 
 /// Why a presented key is refused.
@@ -36,25 +54,12 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
-    /// Builds the table. `digest_hex` of every key was validated as 64 hex characters.
-    pub fn new(
-        keys: impl IntoIterator<Item = (Arc<str>, [u8; 32], u64, Option<i64>, bool)>,
-    ) -> ApiKeys {
+    pub fn new(keys: impl IntoIterator<Item = ApiKey>) -> ApiKeys {
         let mut by_prefix: HashMap<u64, Vec<ApiKey>> = HashMap::new();
-        for (id, digest, roles, expires_at, disabled) in keys {
-            by_prefix.entry(prefix(&digest)).or_default().push(ApiKey {
-                id,
-                digest,
-                roles,
-                expires_at,
-                disabled,
-            });
+        for k in keys {
+            by_prefix.entry(prefix(&k.digest)).or_default().push(k);
         }
         ApiKeys { by_prefix }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_prefix.is_empty()
     }
 
     /// Finds the key `presented`, valid at `now` (Unix seconds).
@@ -90,7 +95,8 @@ pub fn to_hex(d: &[u8]) -> String {
 /// Parses 64 hex characters.
 pub fn parse_digest(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.trim();
-    if hex.len() != 64 {
+    // `from_str_radix` alone would take a leading `+`.
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -116,15 +122,9 @@ mod tests {
     use super::*;
 
     fn table(n: usize) -> ApiKeys {
-        ApiKeys::new((0..n).map(|i| {
-            let key = format!("uk_key{i}");
-            (
-                Arc::from(format!("k{i}").as_str()),
-                sha256(key.as_bytes()),
-                1,
-                None,
-                false,
-            )
+        ApiKeys::new((0..n).map(|i| ApiKey {
+            roles: 1,
+            ..ApiKey::new(&format!("k{i}"), sha256(format!("uk_key{i}").as_bytes()))
         }))
     }
 
@@ -139,8 +139,14 @@ mod tests {
     #[test]
     fn expired_and_disabled() {
         let t = ApiKeys::new([
-            (Arc::from("old"), sha256(b"uk_old"), 1, Some(100), false),
-            (Arc::from("off"), sha256(b"uk_off"), 1, None, true),
+            ApiKey {
+                expires_at: Some(100),
+                ..ApiKey::new("old", sha256(b"uk_old"))
+            },
+            ApiKey {
+                disabled: true,
+                ..ApiKey::new("off", sha256(b"uk_off"))
+            },
         ]);
         assert!(t.check("uk_old", 99).is_ok());
         assert_eq!(t.check("uk_old", 100).unwrap_err(), KeyRefusal::Expired);
@@ -156,6 +162,7 @@ mod tests {
         );
         assert_eq!(parse_digest(&to_hex(&d)), Some(d));
         assert_eq!(parse_digest("xyz"), None);
+        assert_eq!(parse_digest(&"+f".repeat(32)), None, "no signs");
         let k = generate();
         assert!(k.starts_with("uk_") && k.len() == 3 + 43, "{k}");
         assert_ne!(k, generate());

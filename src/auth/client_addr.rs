@@ -36,17 +36,28 @@ impl TrustedProxies {
         let Some(xff) = forwarded_for else {
             return Some(peer);
         };
-        let hops: Vec<IpAddr> = xff
-            .split(',')
-            .filter_map(|h| h.trim().parse().ok())
-            .collect();
-        hops.iter()
-            .rev()
-            .find(|ip| !self.contains(**ip))
-            .or(hops.first())
-            .copied()
-            .or(Some(peer))
+        // From the right: each trusted hop vouches for the one before it. The first hop that is
+        // not trusted is the client; a hop that cannot be read ends the chain (what lies left
+        // of it was written by whoever sent it), and the last trusted hop is all that is known.
+        let mut known = peer;
+        for hop in xff.rsplit(',') {
+            let Some(ip) = parse_hop(hop.trim()) else {
+                return Some(known);
+            };
+            if !self.contains(ip) {
+                return Some(ip);
+            }
+            known = ip;
+        }
+        Some(known)
     }
+}
+
+/// One `X-Forwarded-For` entry: an IP, or an IP with a port (`1.2.3.4:5`, `[::1]:5`).
+fn parse_hop(h: &str) -> Option<IpAddr> {
+    h.parse::<IpAddr>()
+        .ok()
+        .or_else(|| h.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
 }
 
 fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
@@ -111,6 +122,32 @@ mod tests {
         assert_eq!(
             t.client(Some(ip("192.168.1.8")), Some("1.2.3.4")),
             Some(ip("192.168.1.8"))
+        );
+        // A hop the gateway cannot read ends the chain: nothing left of it is believed.
+        for xff in [
+            "6.6.6.6, unknown",
+            "6.6.6.6, , 10.9.9.9",
+            "6.6.6.6, garbage:1",
+        ] {
+            assert_ne!(
+                t.client(Some(ip("10.1.2.3")), Some(xff)),
+                Some(ip("6.6.6.6")),
+                "{xff}"
+            );
+        }
+        assert_eq!(
+            t.client(Some(ip("10.1.2.3")), Some("6.6.6.6, 1.2.3.4:5555")),
+            Some(ip("1.2.3.4")),
+            "a hop with a port is read"
+        );
+        assert_eq!(
+            t.client(Some(ip("10.1.2.3")), Some("6.6.6.6, [2001:db8::1]:443")),
+            Some(ip("2001:db8::1"))
+        );
+        assert_eq!(
+            t.client(Some(ip("10.1.2.3")), Some("10.5.5.5, 10.9.9.9")),
+            Some(ip("10.5.5.5")),
+            "all trusted: the farthest known"
         );
     }
 

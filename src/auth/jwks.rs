@@ -132,15 +132,11 @@ impl JwksUrl {
         match self.fetch_keys().await {
             Ok((keys, skipped)) => {
                 tracing::info!(url = %self.url, keys = keys.len(), skipped, "JWKS loaded");
-                // Only a changed key set empties verified-token caches (kids and families are
-                // what tokens are matched on; a rotated key gets a new kid).
-                let before: Vec<_> = self
-                    .keys
-                    .load()
-                    .iter()
-                    .map(|k| (k.kid.clone(), k.family))
-                    .collect();
-                let after: Vec<_> = keys.iter().map(|k| (k.kid.clone(), k.family)).collect();
+                // Only a changed key set empties verified-token caches. Keys are compared as
+                // published (fingerprints), so a key replaced under the same kid, or without
+                // one, counts as a change.
+                let before: Vec<u64> = self.keys.load().iter().map(|k| k.fingerprint).collect();
+                let after: Vec<u64> = keys.iter().map(|k| k.fingerprint).collect();
                 self.keys
                     .store(Arc::new(keys.into_iter().map(Arc::new).collect()));
                 if before != after {

@@ -121,13 +121,13 @@ impl JwtVerifier {
         let family = alg.family();
         let cacheable = family != AlgorithmFamily::Hmac;
         let digest = cacheable.then(|| super::api_key::sha256(token.as_bytes()));
-        if let Some(j) = &self.jwks_url {
-            // A key removed from the JWKS takes its verified tokens with it.
-            let g = j.generation();
-            if self
-                .cache_generation
-                .swap(g, std::sync::atomic::Ordering::AcqRel)
-                != g
+        // A key removed from the JWKS takes its verified tokens with it. Read first: a swap on
+        // every request would be a write to one shared cache line from every worker.
+        let generation = self.jwks_url.as_ref().map(|j| j.generation());
+        if let Some(g) = generation {
+            use std::sync::atomic::Ordering::{AcqRel, Acquire};
+            if self.cache_generation.load(Acquire) != g
+                && self.cache_generation.swap(g, AcqRel) != g
             {
                 self.cache.clear();
             }
@@ -142,11 +142,11 @@ impl JwtVerifier {
             .jwks_url
             .as_ref()
             .filter(|_| family != AlgorithmFamily::Hmac);
-        let mut candidates = self.candidates(family, kid.as_deref());
+        let mut candidates = self.candidates(alg, kid.as_deref());
         if let (Some(jwks), Some(_)) = (jwks, &kid) {
             if !candidates.iter().any(|k| k.kid.is_some()) {
                 jwks.refresh_for_unknown_kid().await;
-                candidates = self.candidates(family, kid.as_deref());
+                candidates = self.candidates(alg, kid.as_deref());
             }
         }
         if candidates.is_empty() {
@@ -162,7 +162,10 @@ impl JwtVerifier {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => {
                     let verified = self.claims(&data.claims)?;
-                    if let Some(d) = digest {
+                    // Not cached when the key set changed while this token was checked with
+                    // the old one: the cache was emptied meanwhile and must stay so.
+                    let unchanged = generation == self.jwks_url.as_ref().map(|j| j.generation());
+                    if let (Some(d), true) = (digest, unchanged) {
                         self.cache.insert(d, verified.clone(), unix_now());
                     }
                     return Ok(verified);
@@ -179,13 +182,13 @@ impl JwtVerifier {
         Err(last)
     }
 
-    fn candidates(&self, family: AlgorithmFamily, kid: Option<&str>) -> Vec<Arc<VerifyKey>> {
+    fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<Arc<VerifyKey>> {
         let dynamic = self.jwks_url.as_ref().map(|j| j.keys());
         let all = self
             .keys
             .iter()
             .chain(dynamic.iter().flat_map(|k| k.iter()))
-            .filter(|k| k.family == family);
+            .filter(|k| k.accepts(alg));
         let all: Vec<&Arc<VerifyKey>> = all.collect();
         match kid {
             // A token naming a kid is checked against that key; failing that, against the keys

@@ -177,13 +177,19 @@ impl Authenticator {
         let rbac = Rbac::compile(&auth.roles, registry);
         let jwt = compile_jwt(config, auth, &mut errors);
         let api_keys = api_key::ApiKeys::new(auth.api_keys.iter().filter_map(|k| {
-            Some((
-                Arc::from(k.id.as_str()),
-                api_key::parse_digest(&k.sha256)?,
-                rbac.role_set(k.roles.iter().map(String::as_str)),
-                k.expires_at.as_deref().and_then(crate::time::parse_rfc3339),
-                k.disabled,
-            ))
+            let roles = rbac.role_set(k.roles.iter().map(String::as_str));
+            Some(api_key::ApiKey {
+                roles,
+                role_names: rbac.names(roles).iter().map(|r| r.to_string()).collect(),
+                // Validation refused an unreadable time; were one to get here, the key is
+                // refused rather than valid forever.
+                expires_at: k
+                    .expires_at
+                    .as_deref()
+                    .map(|t| crate::time::parse_rfc3339(t).unwrap_or(i64::MIN)),
+                disabled: k.disabled,
+                ..api_key::ApiKey::new(&k.id, api_key::parse_digest(&k.sha256)?)
+            })
         }));
         errors.into_result(Authenticator {
             open: false,
@@ -229,12 +235,7 @@ impl Authenticator {
                     subject: found.id.clone(),
                     key_id: Some(found.id.clone()),
                     access: Access::Roles(found.roles),
-                    roles: self
-                        .rbac
-                        .names(found.roles)
-                        .iter()
-                        .map(|r| r.to_string())
-                        .collect(),
+                    roles: found.role_names.clone(),
                     method: "api_key",
                 })
             }
@@ -318,18 +319,16 @@ fn compile_jwt(
         .collect();
     let mut keys = Vec::new();
     if let Some(secret) = j.hmac_secret.as_deref().filter(|s| !s.is_empty()) {
-        keys.push(Arc::new(keys::VerifyKey {
-            kid: None,
-            family: jsonwebtoken::AlgorithmFamily::Hmac,
-            key: jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
-        }));
+        keys.push(Arc::new(keys::VerifyKey::configured(
+            jsonwebtoken::AlgorithmFamily::Hmac,
+            jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        )));
     }
     if auth.test_tokens {
-        keys.push(Arc::new(keys::VerifyKey {
-            kid: None,
-            family: jsonwebtoken::AlgorithmFamily::Hmac,
-            key: jsonwebtoken::DecodingKey::from_secret(dev_token::DEV_SECRET.as_bytes()),
-        }));
+        keys.push(Arc::new(keys::VerifyKey::configured(
+            jsonwebtoken::AlgorithmFamily::Hmac,
+            jsonwebtoken::DecodingKey::from_secret(dev_token::DEV_SECRET.as_bytes()),
+        )));
         if !algorithms.contains(&Algorithm::HS256) {
             algorithms.push(Algorithm::HS256);
         }

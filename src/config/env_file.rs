@@ -24,10 +24,14 @@ pub fn parse(text: &str) -> Result<HashMap<String, String>, String> {
             return Err(format!("line {}: invalid variable name", n + 1));
         }
         let value = value.trim();
-        let value = if let Some(inner) = quoted(value, '"') {
-            inner.replace("\\n", "\n").replace("\\\"", "\"")
-        } else if let Some(inner) = quoted(value, '\'') {
-            inner.to_string()
+        let value = if let Some(q @ ('"' | '\'')) = value.chars().next() {
+            let inner = quoted(&value[1..], q)
+                .ok_or_else(|| format!("line {}: unterminated quoted value", n + 1))?;
+            if q == '"' {
+                unescape(inner)
+            } else {
+                inner.to_string()
+            }
         } else {
             // An unquoted value ends at ` #`, as in most dotenv dialects.
             match value.find(" #") {
@@ -40,12 +44,43 @@ pub fn parse(text: &str) -> Result<HashMap<String, String>, String> {
     Ok(vars)
 }
 
-fn quoted(value: &str, q: char) -> Option<&str> {
-    if value.len() >= 2 && value.starts_with(q) && value.ends_with(q) {
-        Some(&value[1..value.len() - 1])
-    } else {
-        None
+/// The text up to the closing quote `q` (a double-quoted value may escape it with `\`),
+/// which may only be followed by blanks and a `#` comment.
+fn quoted(after_open: &str, q: char) -> Option<&str> {
+    let mut escaped = false;
+    for (i, c) in after_open.char_indices() {
+        match c {
+            '\\' if q == '"' && !escaped => escaped = true,
+            c if c == q && !escaped => {
+                let rest = after_open[i + 1..].trim_start();
+                return (rest.is_empty() || rest.starts_with('#')).then(|| &after_open[..i]);
+            }
+            _ => escaped = false,
+        }
     }
+    None
+}
+
+/// `\n`, `\"` and `\\` in one pass (so that `\\n` is a backslash and an `n`).
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(other @ ('"' | '\\')) => out.push(other),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -62,6 +97,20 @@ mod tests {
         assert_eq!(vars["ANTHROPIC_API_KEY"], "sk-ant 2");
         assert_eq!(vars["A"], "x#y");
         assert_eq!(vars["B"], "v");
+    }
+
+    #[test]
+    fn quoted_values_may_carry_a_comment_and_escapes() {
+        let vars = parse("A=\"sk-1\" # prod\nB='x' # c\nC=\"a\\\\nb\\nc\\\"d\"\nD=\"\"\n").unwrap();
+        assert_eq!(vars["A"], "sk-1");
+        assert_eq!(vars["B"], "x");
+        assert_eq!(vars["C"], "a\\nb\nc\"d");
+        assert_eq!(vars["D"], "");
+        assert!(parse("A=\"open\n").unwrap_err().contains("line 1"));
+        assert!(
+            parse("A=\"x\" trailing\n").is_err(),
+            "text after the closing quote"
+        );
     }
 
     #[test]

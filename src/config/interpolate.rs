@@ -72,9 +72,11 @@ pub fn interpolate_str(
                 None => (expr, None),
             };
             if !is_var_name(name) {
-                return Err(format!(
-                    "`${{{name}}}` is not a valid variable reference (letters, digits and `_`, not starting with a digit)"
-                ));
+                // The text is not repeated: it may be a secret pasted between the braces.
+                return Err(
+                    "a `${...}` reference has an invalid variable name (letters, digits and `_`, not starting with a digit)"
+                        .to_string(),
+                );
             }
             // As in the shell, `:-` applies to an unset *or empty* variable.
             match (lookup(name), default) {

@@ -157,16 +157,46 @@ pub fn validate_auth(c: &Config, errors: &mut Vec<ConfigError>) {
                 ));
             }
         }
-        let has_key = j.hmac_secret.as_deref().is_some_and(|s| !s.is_empty())
-            || !j.public_keys.is_empty()
-            || j.jwks_file.is_some()
-            || j.jwks_url.is_some();
-        if !has_key && !auth.test_tokens {
+        let has_hmac = j.hmac_secret.as_deref().is_some_and(|s| !s.is_empty());
+        let has_public = !j.public_keys.is_empty() || j.jwks_file.is_some() || j.jwks_url.is_some();
+        if !has_hmac && !has_public && !auth.test_tokens {
             errors.push(ConfigError::new(
                 file,
                 "auth.jwt",
                 "no key to verify tokens with: set hmac_secret, public_keys, jwks_file or jwks_url",
             ));
+        } else if !auth.test_tokens {
+            // Every token would be refused with bad_signature: say so now.
+            let usable = j
+                .algorithms
+                .iter()
+                .filter_map(|a| jsonwebtoken::Algorithm::from_str(a).ok())
+                .any(|a| {
+                    if a.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+                        has_hmac
+                    } else {
+                        has_public
+                    }
+                });
+            if !usable && !j.algorithms.is_empty() {
+                errors.push(ConfigError::new(
+                    file,
+                    "auth.jwt.algorithms",
+                    "no listed algorithm has a key: HS* need hmac_secret; RS*, PS*, ES* and EdDSA need public_keys, jwks_file or jwks_url",
+                ));
+            }
+        }
+        // An empty list would switch the check off; an empty value would refuse every token.
+        for (field, v) in [("issuer", &j.issuer), ("audience", &j.audience)] {
+            if let Some(list) = v {
+                if list.0.is_empty() || list.0.iter().any(|s| s.trim().is_empty()) {
+                    errors.push(ConfigError::new(
+                        file,
+                        format!("auth.jwt.{field}"),
+                        "must not be empty (leave it out to not check it)",
+                    ));
+                }
+            }
         }
         if let Some(u) = &j.jwks_url {
             if !(u.starts_with("https://") || u.starts_with("http://"))

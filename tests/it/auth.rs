@@ -475,3 +475,52 @@ async fn a_key_removed_from_the_jwks_stops_its_cached_tokens() {
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(gw.audit_entry(&rid).await["reason"], "unknown_kid");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_replaced_under_the_same_kid_stops_its_cached_tokens() {
+    let jwks_a: Value = serde_json::from_str(&fixture("jwks_a.json")).unwrap();
+    let jwks_ab: Value = serde_json::from_str(&fixture("jwks_ab.json")).unwrap();
+    let (idp, doc) = jwks_server(jwks_a.clone()).await;
+    let gw = TestGateway::start(&jwks_config(&idp.url()));
+    let c = claims("alice", &["user"]);
+    let token = sign(Algorithm::RS256, Some("key-a"), &c, Signer::Rsa);
+    assert_eq!(bearer(&gw, &token).await.status(), 200);
+    assert_eq!(bearer(&gw, &token).await.status(), 200, "cached");
+
+    // The identity provider re-issues `key-a` with other key material (key-b's).
+    let mut reissued = jwks_ab["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == "key-b")
+        .unwrap()
+        .clone();
+    reissued["kid"] = json!("key-a");
+    *doc.lock().unwrap() = json!({ "keys": [reissued] });
+    let probe = sign(Algorithm::RS256, Some("other"), &c, Signer::Rsa);
+    assert_eq!(bearer(&gw, &probe).await.status(), 401);
+    let r = bearer(&gw, &token).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the cached token of the old material is refused"
+    );
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(gw.audit_entry(&rid).await["reason"], "bad_signature");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwk_verifies_only_the_algorithm_it_names() {
+    let jwks_a: Value = serde_json::from_str(&fixture("jwks_a.json")).unwrap();
+    assert_eq!(jwks_a["keys"][0]["alg"], "RS256");
+    let (idp, _doc) = jwks_server(jwks_a).await;
+    let cfg = jwks_config(&idp.url()).replace("algorithms: [RS256]", "algorithms: [RS256, PS256]");
+    let gw = TestGateway::start(&cfg);
+    let c = claims("alice", &["user"]);
+    let rs = sign(Algorithm::RS256, Some("key-a"), &c, Signer::Rsa);
+    assert_eq!(bearer(&gw, &rs).await.status(), 200);
+    // Same RSA key, another algorithm of its family: refused, as RFC 8725 asks.
+    let ps = sign(Algorithm::PS256, Some("key-a"), &c, Signer::Rsa);
+    let r = bearer(&gw, &ps).await;
+    assert_eq!(r.status(), 401);
+}

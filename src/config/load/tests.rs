@@ -290,6 +290,24 @@ fn jwt_needs_a_key_and_known_algorithms() {
 }
 
 #[test]
+fn jwt_algorithms_need_a_key_of_their_family_and_claims_lists_are_not_empty() {
+    let yaml = format!(
+        "{MINIMAL}\nauth:\n  jwt: {{ algorithms: [RS256], hmac_secret: s, issuer: [], audience: ['', x] }}\n"
+    );
+    let f = fields(&load_yaml(&yaml).unwrap_err());
+    assert_eq!(
+        f,
+        vec![
+            "auth.jwt.algorithms",
+            "auth.jwt.issuer",
+            "auth.jwt.audience"
+        ]
+    );
+    let ok = format!("{MINIMAL}\nauth:\n  jwt: {{ algorithms: [RS256, HS256], hmac_secret: s }}\n");
+    assert!(load_yaml(&ok).is_ok());
+}
+
+#[test]
 fn pool_settings_are_checked() {
     let yaml = "
 providers:
