@@ -174,11 +174,6 @@ impl LineSink {
         }
     }
 
-    /// Lines dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
     /// Asks the writer to reopen its file (after log rotation moved it away).
     pub fn request_reopen(&self) {
         self.reopen.store(true, Ordering::Release);

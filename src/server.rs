@@ -48,11 +48,10 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
                 j.refresh().await;
             }
         };
-        let _ = tokio::time::timeout(
-            FIRST_RESOLUTION_TIMEOUT,
-            futures_join(manager::refresh_all(&runtime), jwks),
-        )
-        .await;
+        let both = async {
+            tokio::join!(manager::refresh_all(&runtime), jwks);
+        };
+        let _ = tokio::time::timeout(FIRST_RESOLUTION_TIMEOUT, both).await;
         // A first health pass, so that traffic only goes to backends that answered.
         let _ = tokio::time::timeout(FIRST_RESOLUTION_TIMEOUT, manager::check_all(&runtime)).await;
     });
@@ -172,12 +171,11 @@ impl ServiceWithDependents for PreboundService {
     ) {
         // Pingora takes listening sockets it finds in this table (its zero-downtime upgrade
         // path) instead of binding them.
-        // Without a table (not the case on Unix in Pingora 0.9.1), the socket is closed so that
-        // Pingora can bind the address itself.
+        // Without a table (not the case on Unix in Pingora 0.9.1), the socket taken here is
+        // dropped (closed) so that Pingora can bind the address itself.
         if let (Some(fds), Some(listener)) = (&fds, self.listener.take()) {
             fds.lock().add(self.addr.clone(), listener.into_raw_fd());
         }
-        drop(self.listener.take());
         ServiceWithDependents::start_service(
             &mut self.inner,
             fds,
@@ -201,11 +199,6 @@ impl ServiceWithDependents for PreboundService {
     }
 }
 
-/// Waits for both futures.
-async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
-    tokio::join!(a, b);
-}
-
 /// `/metrics` on its own listener (`metrics.listen`).
 struct MetricsApp(Arc<Metrics>);
 
@@ -221,11 +214,7 @@ impl ServeHttp for MetricsApp {
         } else if req.method != http::Method::GET && req.method != http::Method::HEAD {
             (405, "text/plain", b"GET or HEAD\n".to_vec())
         } else {
-            (
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.0.render(),
-            )
+            (200, crate::metrics::CONTENT_TYPE, self.0.render())
         };
         let mut resp = http::Response::builder()
             .status(status)

@@ -28,11 +28,12 @@ pub fn rfc3339_millis(unix_ms: u128) -> String {
 
 /// Now, as RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    rfc3339_millis(ms)
+    rfc3339(SystemTime::now())
+}
+
+/// A time, as RFC 3339 UTC with milliseconds (the epoch for times before it).
+pub fn rfc3339(t: SystemTime) -> String {
+    rfc3339_millis(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()))
 }
 
 /// Seconds since the Unix epoch.

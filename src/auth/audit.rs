@@ -53,8 +53,4 @@ impl AuditLog {
             },
         }
     }
-
-    pub fn sink(&self) -> &LineSink {
-        &self.sink
-    }
 }

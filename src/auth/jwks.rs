@@ -66,10 +66,6 @@ impl JwksUrl {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// When the next scheduled refresh is due, counted from the last attempt.
     pub fn next_refresh(&self) -> Instant {
         let every = if self.loaded() {

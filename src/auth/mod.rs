@@ -199,11 +199,6 @@ impl Authenticator {
         })
     }
 
-    /// Whether this configuration checks credentials.
-    pub fn enforced(&self) -> bool {
-        !self.open
-    }
-
     pub fn jwks_url(&self) -> Option<&Arc<jwks::JwksUrl>> {
         self.jwt.as_ref().and_then(|j| j.jwks_url())
     }

@@ -11,8 +11,6 @@ pub mod schema;
 mod validate;
 mod validate_auth;
 
-pub use validate_auth::MIN_HMAC_SECRET_BYTES;
-
 pub use auth::*;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_str, load_with, Reader};

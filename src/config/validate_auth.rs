@@ -290,7 +290,10 @@ pub fn validate_production(c: &Config, errors: &mut Vec<ConfigError>) {
                         "it is the public development secret",
                     );
                 } else if s.len() < MIN_HMAC_SECRET_BYTES {
-                    refuse("auth.jwt.hmac_secret".into(), "shorter than 32 bytes");
+                    refuse(
+                        "auth.jwt.hmac_secret".into(),
+                        &format!("shorter than {MIN_HMAC_SECRET_BYTES} bytes"),
+                    );
                 }
             }
         }

@@ -14,7 +14,7 @@ use pingora::proxy::Session;
 use rand::Rng;
 use responses::MockInput;
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Adds the gateway's headers to a response.
 pub type Decorate<'a> = dyn Fn(&mut ResponseHeader) + Send + Sync + 'a;
@@ -61,10 +61,7 @@ pub async fn serve(
         return send_json(session, 500, body, decorate, sent).await;
     }
     let input: MockInput = serde_json::from_slice(call.body).unwrap_or_default();
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created = crate::time::unix_now();
     let id_suffix = &call.request_id[..call.request_id.len().min(24)];
     match call.group {
         EndpointGroup::Chat | EndpointGroup::Completions => {

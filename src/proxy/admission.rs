@@ -157,7 +157,7 @@ pub(super) async fn serve_metrics(
     }
     let body = Bytes::from(metrics.render());
     let mut h = ResponseHeader::build(200, Some(4))?;
-    h.insert_header("content-type", "text/plain; version=0.0.4; charset=utf-8")?;
+    h.insert_header("content-type", crate::metrics::CONTENT_TYPE)?;
     h.insert_header("content-length", body.len().to_string())?;
     h.insert_header("cache-control", "no-store")?;
     h.insert_header("x-request-id", &ctx.request_id)?;

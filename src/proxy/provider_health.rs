@@ -3,10 +3,9 @@
 //! state, requests and last status.
 
 use crate::runtime::Runtime;
-use crate::time::rfc3339_millis;
+use crate::time::rfc3339;
 use crate::upstream::breaker::BreakerView;
 use serde_json::{json, Value};
-use std::time::UNIX_EPOCH;
 
 pub fn render(rt: &Runtime) -> Value {
     let now = tokio::time::Instant::now();
@@ -28,10 +27,9 @@ pub fn render(rt: &Runtime) -> Value {
                         }
                         BreakerView::HalfOpen { probing } => json!({ "state": "half_open", "probing": probing }),
                     };
-                    let last_error = b.last_error().map(|(what, at)| {
-                        let ms = at.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-                        json!({ "message": what, "at": rfc3339_millis(ms) })
-                    });
+                    let last_error = b
+                        .last_error()
+                        .map(|(what, at)| json!({ "message": what, "at": rfc3339(at) }));
                     json!({
                         "address": b.addr.to_string(),
                         "endpoint": b.endpoint.url,

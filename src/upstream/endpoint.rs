@@ -19,7 +19,7 @@ pub struct Endpoint {
     /// Set when the host is an IP literal: no DNS needed.
     pub ip: Option<IpAddr>,
     /// TLS server name. For an IP literal without `sni`, the IP itself: rustls then checks the
-    /// certificate's IP SAN (an empty SNI would turn verification off in Pingora 0.9).
+    /// certificate's IP SAN. Never empty (validated).
     pub sni: String,
     /// `Host` header value: host, plus the port when it is not the scheme's default.
     pub host_header: String,
@@ -66,6 +66,12 @@ impl Endpoint {
         }
         if !tls && spec.sni.is_some() {
             return Err("`sni` only applies to https:// endpoints".into());
+        }
+        // An empty name (`${SNI:-}`) makes every handshake fail with rustls in Pingora 0.9.1.
+        if let Some(s) = &spec.sni {
+            if s.parse::<IpAddr>().is_err() && !valid_host_name(s) {
+                return Err("`sni` must be a host name or an IP address".into());
+            }
         }
         let path = path.trim_end_matches('/');
         if path.contains("//") || path.split('/').any(|s| s == "." || s == "..") {
@@ -206,5 +212,15 @@ mod tests {
         }
         let err = ep("https://user:sk-secret@host").unwrap_err();
         assert!(!err.contains("sk-secret"));
+        let with_sni = |sni: &str| {
+            Endpoint::parse(&EndpointSpec {
+                url: "https://10.0.0.1".into(),
+                weight: 1,
+                sni: Some(sni.into()),
+            })
+        };
+        assert!(with_sni("").is_err(), "an empty sni fails every handshake");
+        assert!(with_sni("bad name").is_err());
+        assert_eq!(with_sni("api.example.com").unwrap().sni, "api.example.com");
     }
 }

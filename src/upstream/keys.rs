@@ -140,16 +140,8 @@ impl KeyRing {
         )
     }
 
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
-    }
-
-    pub fn id(&self, index: usize) -> Arc<str> {
-        self.slots[index].id.clone()
     }
 
     /// A usable key, skipping `exclude` (keys this request already tried). `caller` is a hash of

@@ -3,6 +3,7 @@
 //! provider's JWKS. One service for all pools because Pingora fixes its services when
 //! `Server::run` starts, while pools come and go with configurations.
 
+use super::pool::Pool;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -50,6 +51,9 @@ pub async fn check_all(rt: &Runtime) {
 
 /// Periodic work of one pool: when it is next due, and the health pass in flight.
 struct Schedule {
+    /// Held so that the pool's address, the map's key, cannot be reused by another pool while
+    /// this entry exists.
+    _pool: Arc<Pool>,
     dns_due: Instant,
     health_due: Instant,
     dns_task: Option<tokio::task::JoinHandle<()>>,
@@ -63,7 +67,7 @@ fn idle(task: &Option<tokio::task::JoinHandle<()>>) -> bool {
 #[async_trait]
 impl BackgroundService for UpstreamManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Keyed by the pool's address: pools live as long as a runtime.
+        // Keyed by the pool's address (each entry holds its pool).
         let mut schedules: HashMap<usize, Schedule> = HashMap::new();
         let mut jwks_task: Option<tokio::task::JoinHandle<()>> = None;
         let mut key_files_task: Option<tokio::task::JoinHandle<()>> = None;
@@ -75,6 +79,7 @@ impl BackgroundService for UpstreamManager {
                 let key = Arc::as_ptr(pool) as usize;
                 live.push(key);
                 let s = schedules.entry(key).or_insert_with(|| Schedule {
+                    _pool: pool.clone(),
                     // Start-up resolved and checked every pool once; an empty pool is retried soon.
                     dns_due: now
                         + if pool.has_backends() {
@@ -93,7 +98,14 @@ impl BackgroundService for UpstreamManager {
                 // not hold up other pools.
                 if idle(&s.dns_task) && s.dns_due <= now {
                     let p = pool.clone();
-                    s.dns_task = Some(tokio::spawn(async move { p.refresh().await }));
+                    s.dns_task = Some(tokio::spawn(async move {
+                        p.refresh().await;
+                        // New addresses get no traffic before a passed check: check them now
+                        // rather than at the next periodic pass.
+                        if p.has_unchecked() {
+                            p.check_health().await;
+                        }
+                    }));
                     // An empty pool is retried sooner; the due time counts from the start of
                     // the lookup, and a lookup still running when it is due is not doubled.
                     let wait = if pool.has_backends() {

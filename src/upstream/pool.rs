@@ -4,7 +4,7 @@
 //! `Backend.ext`, kept across re-resolutions, so selection reads it without a lookup. The
 //! upstream manager (`upstream::manager`) refreshes DNS and runs the health checks.
 
-use super::breaker::{Breaker, BreakerPolicy, BreakerView};
+use super::breaker::{Breaker, BreakerPolicy};
 use super::endpoint::Endpoint;
 use crate::config::Strategy;
 use async_trait::async_trait;
@@ -167,10 +167,6 @@ impl Pool {
         }
     }
 
-    pub fn provider(&self) -> &str {
-        &self.provider
-    }
-
     /// Re-resolves the endpoints. Never fails: a failed lookup keeps the last known addresses.
     pub async fn refresh(&self) {
         if let Err(e) = with_lb!(&self.lb, l => l.update().await) {
@@ -213,6 +209,11 @@ impl Pool {
 
     pub fn has_backends(&self) -> bool {
         !with_lb!(&self.lb, l => l.backends().get_backend().is_empty())
+    }
+
+    /// Whether health checks are on and some backend has not passed one yet.
+    pub fn has_unchecked(&self) -> bool {
+        self.health_interval.is_some() && self.backends().iter().any(|(s, _)| !s.checked())
     }
 
     /// Whether some backend could take a request now.
@@ -266,13 +267,6 @@ impl Pool {
         let b = with_lb!(&self.lb, l => l.select_with(key, 256, accept))?;
         b.ext.get::<Arc<BackendState>>().cloned()
     }
-
-    pub fn breaker_views(&self, now: Instant) -> Vec<(SocketAddr, BreakerView)> {
-        self.backends()
-            .iter()
-            .map(|(s, _)| (s.addr, s.breaker.view(now)))
-            .collect()
-    }
 }
 
 struct DnsDiscovery {
@@ -293,10 +287,29 @@ impl ServiceDiscovery for DnsDiscovery {
     async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
         let mut backends = BTreeSet::new();
         let mut live = Vec::new();
+        // All names at once: one slow or black-holed name must not use up the time the others
+        // (and the start-up budget) need.
+        let mut lookups = tokio::task::JoinSet::new();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if ep.ip.is_none() {
+                let (host, port) = (ep.host.clone(), ep.port);
+                lookups.spawn(async move { (i, resolve(&host, port).await) });
+            }
+        }
+        let mut resolved: Vec<Option<std::io::Result<Vec<SocketAddr>>>> =
+            (0..self.endpoints.len()).map(|_| None).collect();
+        while let Some(done) = lookups.join_next().await {
+            if let Ok((i, r)) = done {
+                resolved[i] = Some(r);
+            }
+        }
         for (i, ep) in self.endpoints.iter().enumerate() {
             let addrs = match ep.ip {
                 Some(ip) => vec![SocketAddr::new(ip, ep.port)],
-                None => match resolve(&ep.host, ep.port).await {
+                None => match resolved[i]
+                    .take()
+                    .unwrap_or_else(|| Err(std::io::Error::other("DNS lookup task failed")))
+                {
                     Ok(a) if !a.is_empty() => {
                         self.last.lock()[i] = a.clone();
                         a
