@@ -409,9 +409,10 @@ mod tests {
         })
     }
 
+    /// The ports of `n` selections; every one must find a backend.
     fn ports(p: &Pool, n: usize, key: &[u8], exclude: &[SocketAddr]) -> Vec<u16> {
         (0..n)
-            .filter_map(|_| p.select(key, exclude, Instant::now()))
+            .map(|_| p.select(key, exclude, Instant::now()).expect("a backend"))
             .map(|s| s.addr.port())
             .collect()
     }

@@ -102,7 +102,8 @@ async fn every_kind_of_bad_token_is_refused_with_a_reason() {
             "bad_signature",
         ),
         (
-            "unknown kid",
+            // Static keys have no kid: a token naming one is checked against them all.
+            "kid with static keys only, wrong key",
             sign(Algorithm::RS256, Some("nope"), &good, Signer::Rsa2),
             "bad_signature",
         ),
@@ -178,6 +179,69 @@ async fn every_kind_of_bad_token_is_refused_with_a_reason() {
     )
     .await;
     assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"ultra-gateway\", error=\"invalid_token\""
+    );
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_token"
+    );
+    assert_eq!(gw.audit_entry(&rid).await["reason"], "unsupported_scheme");
+
+    // Present but empty credentials are missing ones.
+    for (name, value) in [("authorization", "Bearer "), ("x-api-key", "  ")] {
+        let r = get_models(&gw, Some((name, value))).await;
+        assert_eq!(r.status(), 401, "{name}");
+        let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "missing_credentials",
+            "{name}"
+        );
+        assert_eq!(gw.audit_entry(&rid).await["reason"], "missing_credentials");
+    }
+
+    // A header that is not text is a malformed token.
+    let r = raw::send(
+        gw.addr,
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "invalid_token");
+    let rid = r.header("x-request-id").unwrap().to_string();
+    assert_eq!(gw.audit_entry(&rid).await["reason"], "malformed_token");
+}
+
+#[tokio::test]
+async fn a_jwt_sent_to_a_gateway_without_jwt_is_refused_as_such() {
+    let cfg = format!(
+        "logging: {{ level: warn }}
+auth:
+  api_keys: [{{ id: svc, sha256: '{}', roles: [user] }}]
+  roles: {{ user: {{ models: ['*'], endpoints: ['*'] }} }}
+providers: {{ m: {{ kind: mock }} }}
+models: [{{ id: m1, targets: [{{ provider: m }}] }}]
+",
+        digest(USER_KEY)
+    );
+    let gw = TestGateway::start(&cfg);
+    let r = bearer(&gw, &hs_token("alice", &["user"])).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"ultra-gateway\", error=\"invalid_token\""
+    );
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_token");
+    assert_eq!(v["error"]["message"], "This gateway does not accept JWTs.");
+    assert_eq!(gw.audit_entry(&rid).await["reason"], "jwt_not_accepted");
+    // The API key still works.
+    let r = get_models(&gw, Some(("x-api-key", USER_KEY))).await;
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
@@ -288,6 +352,10 @@ async fn api_keys_in_both_headers_and_their_refusals() {
             };
             let r = get_models(&gw, Some((header, &value))).await;
             assert_eq!(r.status(), 401, "{reason} via {header}");
+            assert_eq!(
+                r.headers()["www-authenticate"],
+                "Bearer realm=\"ultra-gateway\", error=\"invalid_token\""
+            );
             let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
             let v: Value = r.json().await.unwrap();
             assert_eq!(v["error"]["code"], "invalid_api_key");
@@ -390,7 +458,12 @@ async fn identity_provider_down_at_start_then_recovering() {
 
     let r = bearer(&gw, &token).await;
     assert_eq!(r.status(), 503);
-    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert!(
+        !r.headers().contains_key("x-should-retry"),
+        "SDKs may retry"
+    );
+    assert!(!r.headers().contains_key("www-authenticate"));
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"]["code"],
         "auth_unavailable"
@@ -402,7 +475,7 @@ async fn identity_provider_down_at_start_then_recovering() {
         200,
         "API keys keep working"
     );
-    let ready = client().get(gw.url("/ready")).send().await.unwrap();
+    let ready = gw.get("/ready").await;
     assert_eq!(ready.status(), 503);
     let v: Value = ready.json().await.unwrap();
     assert_eq!(v["checks"]["jwks"]["loaded"], false);
@@ -431,14 +504,7 @@ async fn identity_provider_down_at_start_then_recovering() {
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        if client()
-            .get(gw.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-        {
+        if gw.get("/ready").await.status() == 200 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "keys never loaded");

@@ -173,22 +173,6 @@ async fn endpoint_groups_apply_to_local_endpoints_too() {
     let a = gw.audit_entry(&rid).await;
     assert_eq!(a["reason"], "endpoint_forbidden");
     // Health and readiness need nothing.
-    assert_eq!(
-        client()
-            .get(gw.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        client()
-            .get(gw.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.get("/health").await.status(), 200);
+    assert_eq!(gw.get("/ready").await.status(), 200);
 }

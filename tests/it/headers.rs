@@ -192,9 +192,18 @@ async fn upstream_key_never_reaches_a_client_or_a_log() {
     let up = MockUpstream::openai_like().await;
     let gw = TestGateway::start(&openai_config(&up.url()));
     let r = gw.chat("gpt-4o").await;
+    assert_eq!(r.status(), 200);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let headers = format!("{:?}", r.headers());
     let body = r.text().await.unwrap();
     assert!(!headers.contains(UPSTREAM_KEY) && !body.contains(UPSTREAM_KEY));
+    assert_eq!(
+        up.single().header("authorization"),
+        Some(&*format!("Bearer {UPSTREAM_KEY}")),
+        "the key was used"
+    );
+    // Every line about the request is out before the output is searched.
+    gw.access_entry(&rid).await;
     assert!(
         !gw.all_output().contains(UPSTREAM_KEY),
         "{}",

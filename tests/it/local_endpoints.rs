@@ -33,7 +33,7 @@ models:
 async fn metrics_on_the_main_listener() {
     let gw = TestGateway::start(&openai_config("http://127.0.0.1:9"));
     assert_eq!(gw.get("/health").await.status(), 200);
-    let r = client().get(gw.url("/metrics")).send().await.unwrap();
+    let r = gw.get("/metrics").await;
     assert_eq!(r.status(), 200);
     let h = r.headers();
     assert!(h.contains_key("x-request-id"));
@@ -55,7 +55,7 @@ async fn metrics_on_the_main_listener() {
 #[tokio::test]
 async fn health_is_ok() {
     let gw = TestGateway::start(&openai_config("http://127.0.0.1:9"));
-    let r = client().get(gw.url("/health")).send().await.unwrap();
+    let r = gw.get("/health").await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("x-request-id"));
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "ok");
@@ -65,7 +65,7 @@ async fn health_is_ok() {
 async fn ready_lists_unservable_models_and_stays_ready_while_one_is_servable() {
     let up = MockUpstream::openai_like().await;
     let gw = TestGateway::start(&two_provider_config(&up.url()));
-    let r = client().get(gw.url("/ready")).send().await.unwrap();
+    let r = gw.get("/ready").await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "ready");
@@ -81,28 +81,20 @@ providers:
 models: [{ id: m, targets: [{ provider: dead }] }]
 ";
     let gw = TestGateway::start(cfg);
-    let r = client().get(gw.url("/ready")).send().await.unwrap();
+    let r = gw.get("/ready").await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "not_ready");
     assert_eq!(v["unservable_models"], serde_json::json!(["m"]));
     // The process itself is fine.
-    assert_eq!(
-        client()
-            .get(gw.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.get("/health").await.status(), 200);
 }
 
 #[tokio::test]
 async fn models_list_is_openai_shaped_with_etag_and_304() {
     let up = MockUpstream::openai_like().await;
     let gw = TestGateway::start(&two_provider_config(&up.url()));
-    let r = client().get(gw.url("/v1/models")).send().await.unwrap();
+    let r = gw.get("/v1/models").await;
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
@@ -153,22 +145,14 @@ async fn model_by_id_and_alias() {
     let up = MockUpstream::openai_like().await;
     let gw = TestGateway::start(&two_provider_config(&up.url()));
     for name in ["alive-model", "alive"] {
-        let r = client()
-            .get(gw.url(&format!("/v1/models/{name}")))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.get(&format!("/v1/models/{name}")).await;
         assert_eq!(r.status(), 200);
         assert!(r.headers().contains_key("etag"));
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["id"], "alive-model");
         assert_eq!(v["object"], "model");
     }
-    let r = client()
-        .get(gw.url("/v1/models/alive-modle"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get("/v1/models/alive-modle").await;
     assert_eq!(r.status(), 404);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "model_not_found");
@@ -182,11 +166,7 @@ async fn model_by_id_and_alias() {
 async fn available_models_describe_providers_pricing_and_availability() {
     let up = MockUpstream::openai_like().await;
     let gw = TestGateway::start(&two_provider_config(&up.url()));
-    let r = client()
-        .get(gw.url("/api/available-models"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get("/api/available-models").await;
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     let v: Value = r.json().await.unwrap();
@@ -244,7 +224,7 @@ async fn shipped_default_config_serves_its_models() {
     let models =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/models.yaml")).unwrap();
     let gw = TestGateway::start_with(&text, &[("models.yaml", &models)], &[]);
-    let unauthenticated = client().get(gw.url("/v1/models")).send().await.unwrap();
+    let unauthenticated = gw.get("/v1/models").await;
     assert_eq!(
         unauthenticated.status(),
         401,
@@ -276,15 +256,7 @@ async fn shipped_default_config_serves_its_models() {
             "text-embedding-3-small"
         ]
     );
-    assert_eq!(
-        client()
-            .get(gw.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.get("/ready").await.status(), 200);
 }
 
 #[tokio::test]
@@ -304,13 +276,5 @@ async fn sighup_and_sigusr1_do_not_stop_the_gateway() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(!gw.exited());
-    assert_eq!(
-        client()
-            .get(gw.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.get("/health").await.status(), 200);
 }

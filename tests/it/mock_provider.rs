@@ -82,6 +82,8 @@ async fn embeddings_are_deterministic_in_float_and_base64() {
         .chunks(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
         .collect();
+    assert_eq!(decoded.len(), floats.len());
+    assert!(!decoded.is_empty());
     for (x, y) in decoded.iter().zip(&floats) {
         assert!((x - y).abs() < 1e-6);
     }

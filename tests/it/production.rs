@@ -143,18 +143,10 @@ models:
     );
 
     for path in ["/health", "/ready"] {
-        assert_eq!(
-            client().get(gw.url(path)).send().await.unwrap().status(),
-            200,
-            "{path}"
-        );
+        assert_eq!(gw.get(path).await.status(), 200, "{path}");
     }
     for path in ["/v1/models", "/api/available-models"] {
-        assert_eq!(
-            client().get(gw.url(path)).send().await.unwrap().status(),
-            401,
-            "{path}"
-        );
+        assert_eq!(gw.get(path).await.status(), 401, "{path}");
         let r = client()
             .get(gw.url(path))
             .bearer_auth(&rsa_token)
@@ -234,14 +226,18 @@ models:
         ),
         "{text}"
     );
+    assert_eq!(gw.get("/metrics").await.status(), 401);
+    // Not merely behind authentication: the main listener does not serve it at all.
+    let r = client()
+        .get(gw.url("/metrics"))
+        .header("x-api-key", USER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     assert_eq!(
-        client()
-            .get(gw.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "unknown_endpoint"
     );
 }
 

@@ -178,14 +178,13 @@ async fn upstream_client_errors_pass_through() {
     assert_eq!(r.headers()["x-ultra-provider"], "up");
     assert_eq!(r.json::<Value>().await.unwrap(), err);
 
-    let up = MockUpstream::start(|_| {
-        Reply::Json(
-            429,
-            json!({"error": {"message": "slow down", "type": "rate_limit_error"}}),
-        )
-    })
-    .await;
-    let gw = TestGateway::start(&openai_config(&up.url()));
+    // A provider without keys: its 429 is the client's answer (a keyed provider's 429 rotates
+    // the key instead, see pools.rs).
+    let limited = json!({"error": {"message": "slow down", "type": "rate_limit_error"}});
+    let l2 = limited.clone();
+    let up = MockUpstream::start(move |_| Reply::Json(429, l2.clone())).await;
+    let gw = TestGateway::start(&config_for("openai-compatible-nokey", &up.url(), ""));
     let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 429);
+    assert_eq!(r.json::<Value>().await.unwrap(), limited);
 }

@@ -45,14 +45,7 @@ async fn unknown_ca_is_refused() {
     let gw = TestGateway::start(&config_for("openai", &url, ""));
     let r = gw.chat("gpt-4o").await;
     assert_eq!(r.status(), 503);
-    let ready: serde_json::Value = client()
-        .get(gw.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value = gw.get("/ready").await.json().await.unwrap();
     assert_eq!(
         ready["unservable_models"],
         serde_json::json!(["gpt-4o-mini", "gpt-4o"])
