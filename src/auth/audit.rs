@@ -24,7 +24,7 @@ pub struct AuditEntry<'a> {
     pub http_method: &'a str,
     pub path: &'a str,
     pub model: Option<&'a str>,
-    pub client: Option<String>,
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// The audit writer and its overflow policy.

@@ -16,7 +16,7 @@ pub struct AccessEntry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested_model: Option<&'a str>,
     pub provider: Option<&'a str>,
-    pub backend: Option<String>,
+    pub backend: Option<std::net::SocketAddr>,
     /// The caller: a token's subject, an API key's id, or `anonymous`.
     pub subject: Option<&'a str>,
     /// The caller's API key id, for key callers.
@@ -36,7 +36,7 @@ pub struct AccessEntry<'a> {
     pub upstream_ttfb_ms: Option<f64>,
     pub bytes_in: usize,
     pub bytes_out: usize,
-    pub client: Option<String>,
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// Milliseconds with microsecond precision.

@@ -17,6 +17,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 impl Gateway {
     /// Writes the request's audit line (once). `false` when the line could not be queued and
@@ -243,7 +244,12 @@ pub(super) fn itoa_status(status: u16) -> [u8; 3] {
 }
 
 /// The caller's address: the TCP peer, or what a trusted proxy says in `X-Forwarded-For`.
-pub(super) fn client_addr(session: &Session, ctx: &RequestCtx) -> Option<String> {
+/// The client's address (the peer, or `X-Forwarded-For` from a trusted proxy), worked out once
+/// per request for the audit and the access log.
+pub(super) fn client_addr(session: &Session, ctx: &mut RequestCtx) -> Option<IpAddr> {
+    if let Some(known) = ctx.client {
+        return known;
+    }
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -253,9 +259,10 @@ pub(super) fn client_addr(session: &Session, ctx: &RequestCtx) -> Option<String>
         .headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
-    match &ctx.rt {
+    let client = match &ctx.rt {
         Some(rt) => rt.trusted_proxies.client(peer, forwarded),
         None => peer,
-    }
-    .map(|ip| ip.to_string())
+    };
+    ctx.client = Some(client);
+    client
 }

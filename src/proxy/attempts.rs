@@ -38,7 +38,7 @@ pub struct Attempt {
 
 #[derive(Debug)]
 pub struct Plan {
-    pub targets: Vec<Target>,
+    pub targets: Arc<[Target]>,
     target: usize,
     /// Attempts that spent the budget.
     spent: u32,
@@ -56,16 +56,20 @@ pub struct Plan {
     /// What the client gets if nothing else works.
     pub last_error: Option<GatewayError>,
     model_id: Arc<str>,
+    /// The caller's subject (steers the consistent-hash strategy) and its hash (key affinity).
+    subject: Arc<str>,
+    caller: u64,
     pub current: Option<Attempt>,
 }
 
 impl Plan {
-    /// A plan over `targets`, starting at the first; the budget is the first provider's.
+    /// A plan over `targets` for the caller `subject`, starting at the first target; the budget
+    /// is the first provider's.
     pub fn new(
         rt: &Runtime,
         model_id: Arc<str>,
-        targets: Vec<Target>,
-        first: usize,
+        targets: Arc<[Target]>,
+        subject: Arc<str>,
         started: Instant,
     ) -> Plan {
         let retry = targets
@@ -74,7 +78,7 @@ impl Plan {
             .unwrap_or_default();
         Plan {
             targets,
-            target: first,
+            target: 0,
             spent: 0,
             made: 0,
             max_attempts: retry.max_attempts.max(1),
@@ -85,6 +89,8 @@ impl Plan {
             keys_back_in: None,
             last_error: None,
             model_id,
+            caller: caller_hash(&subject),
+            subject,
             current: None,
         }
     }
@@ -99,15 +105,8 @@ impl Plan {
     }
 
     /// Picks the next attempt: the current target's next usable key and backend, then the
-    /// following targets. `caller` hashes the caller for key affinity; `subject` steers the
-    /// consistent-hash strategy.
-    pub fn next(
-        &mut self,
-        rt: &Runtime,
-        caller: u64,
-        subject: &[u8],
-        now: Instant,
-    ) -> Result<(), GatewayError> {
+    /// following targets.
+    pub fn next(&mut self, rt: &Runtime, now: Instant) -> Result<(), GatewayError> {
         if !self.budget_left(now) {
             return Err(self.final_error());
         }
@@ -124,7 +123,7 @@ impl Plan {
             let provider = rt.provider(t.provider);
             let Some(pool) = &provider.pool else { continue };
             let tried_keys = self.tried_keys_of(t.provider);
-            let key = match provider.keys.pick(Some(caller), &tried_keys, now) {
+            let key = match provider.keys.pick(Some(self.caller), &tried_keys, now) {
                 KeyPick::Key(i, k) => Some((i, k)),
                 KeyPick::NoneNeeded => None,
                 KeyPick::Exhausted { back_in, refused } => {
@@ -143,7 +142,7 @@ impl Plan {
             };
             let mut exclude = self.tried_backends_of(t.provider);
             // A breaker may close its half-open slot between selection and admission: try on.
-            while let Some(b) = pool.select(subject, &exclude, now) {
+            while let Some(b) = pool.select(self.subject.as_bytes(), &exclude, now) {
                 let (admission, ticket) = b.breaker.admit(now);
                 if admission == Admission::Refused {
                     exclude.push(b.addr);
@@ -258,7 +257,7 @@ impl Plan {
 }
 
 /// A hash of the caller's subject, for key affinity.
-pub fn caller_hash(subject: &str) -> u64 {
+fn caller_hash(subject: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     subject.hash(&mut h);

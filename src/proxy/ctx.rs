@@ -60,6 +60,8 @@ pub struct RequestCtx {
     /// Metric label: the endpoint group or local endpoint.
     pub(super) endpoint: Cow<'static, str>,
     pub(super) audited: bool,
+    /// The client's address once worked out (`admission::client_addr`).
+    pub(super) client: Option<Option<std::net::IpAddr>>,
     /// `X-Test-Mode: true` in development.
     pub(super) test_mode: bool,
 }
@@ -96,6 +98,7 @@ impl RequestCtx {
             model_id: None,
             endpoint: Cow::Borrowed("unknown"),
             audited: false,
+            client: None,
             test_mode: false,
         }
     }

@@ -380,6 +380,7 @@ impl ProxyHttp for Gateway {
             .unwrap_or(0);
         let client_gone = ctx.error_code == Some(CLIENT_CLOSED);
         upstream_flow::finish(ctx, status, client_gone, ctx.stream_broken);
+        let client = client_addr(session, ctx);
         let route = ctx.route.as_ref();
         let elapsed = ctx.started.elapsed();
         let upstream = ctx
@@ -400,7 +401,7 @@ impl ProxyHttp for Gateway {
                 .as_deref()
                 .filter(|m| route.is_none_or(|r| **m != *r.model_id)),
             provider: ctx.provider_name(),
-            backend: ctx.last_backend.map(|b| b.to_string()),
+            backend: ctx.last_backend,
             subject: principal.map(|p| &*p.subject),
             caller_key_id: principal.and_then(|p| p.key_id.as_deref()),
             provider_key_id: ctx.last_key_id.as_deref(),
@@ -413,7 +414,7 @@ impl ProxyHttp for Gateway {
             upstream_ttfb_ms: since_sent(ctx.upstream_header),
             bytes_in: session.body_bytes_read(),
             bytes_out: ctx.bytes_out,
-            client: client_addr(session, ctx),
+            client,
         };
         self.access_log.write_json(&entry);
     }

@@ -1,7 +1,7 @@
 //! Routing a proxied request: allow-list and method, bounded body read, `model`, registry lookup
 //! (or `default_model`), the first usable target, and the model rewrite.
 
-use super::attempts::{caller_hash, Plan};
+use super::attempts::Plan;
 use super::body::{self, BodyError};
 use super::errors::GatewayError;
 use super::model_field::{self, ProbeError};
@@ -173,13 +173,12 @@ pub async fn route(
     // Validation guarantees at least one target.
     ctx.route = Some(route(&model.targets[0]));
     let now = tokio::time::Instant::now();
-    let mut plan = Plan::new(rt, model.id.clone(), model.targets.clone(), 0, now);
     let subject = ctx
         .principal
         .as_ref()
-        .map(|p| p.subject.clone())
-        .unwrap_or_else(|| "".into());
-    let outcome = plan.next(rt, caller_hash(&subject), subject.as_bytes(), now);
+        .map_or_else(|| Arc::from(""), |p| p.subject.clone());
+    let mut plan = Plan::new(rt, model.id.clone(), model.targets.clone(), subject, now);
+    let outcome = plan.next(rt, now);
     ctx.plan = Some(plan);
     Ok(match outcome {
         Ok(()) => Routed::Proxy,

@@ -17,17 +17,11 @@ pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let Some(rt) = ctx.rt.clone() else {
         return Error::e_explain(ErrorType::InternalError, "upstream_peer without a runtime");
     };
-    let subject = ctx
-        .principal
-        .as_ref()
-        .map(|p| p.subject.clone())
-        .unwrap_or_else(|| "".into());
     let Some(plan) = ctx.plan.as_mut() else {
         return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
     };
     if plan.current.is_none() {
-        let caller = super::attempts::caller_hash(&subject);
-        if let Err(e) = plan.next(&rt, caller, subject.as_bytes(), tokio::time::Instant::now()) {
+        if let Err(e) = plan.next(&rt, tokio::time::Instant::now()) {
             ctx.pending_error = Some(e);
             return Error::e_explain(ErrorType::ConnectNoRoute, "no target left to try");
         }

@@ -36,7 +36,8 @@ pub struct Model {
     pub id: Arc<str>,
     pub aliases: Vec<String>,
     pub owned_by: String,
-    pub targets: Vec<Target>,
+    /// Shared with each request's retry plan (no per-request copy).
+    pub targets: Arc<[Target]>,
     pub context_window: Option<u64>,
     pub max_output_tokens: Option<u64>,
     pub pricing: Option<PricingSpec>,
@@ -66,7 +67,7 @@ impl Registry {
         let mut by_name = HashMap::new();
         for (i, m) in config.models.iter().enumerate() {
             let s = &m.spec;
-            let targets: Vec<Target> = s
+            let targets: Arc<[Target]> = s
                 .targets
                 .iter()
                 .filter_map(|t| {
