@@ -8,12 +8,13 @@ pub mod responses;
 
 use crate::config::MockSpec;
 use crate::endpoints::EndpointGroup;
+use crate::proxy::errors::error_json;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use rand::Rng;
 use responses::MockInput;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 
 /// Adds the gateway's headers to a response.
@@ -52,7 +53,7 @@ pub async fn serve(
     if call.settings.failure_rate > 0.0
         && rand::thread_rng().gen::<f64>() < call.settings.failure_rate
     {
-        let body = error_body(
+        let body = error_json(
             "The mock provider failed this request (configured failure_rate).",
             "server_error",
             None,
@@ -108,7 +109,7 @@ pub async fn serve(
                     send_json(
                         session,
                         200,
-                        responses::chat_completion(&answer),
+                        to_bytes(&responses::chat_completion(&answer)),
                         decorate,
                         sent,
                     )
@@ -118,7 +119,7 @@ pub async fn serve(
                     send_json(
                         session,
                         200,
-                        responses::text_completion(&answer),
+                        to_bytes(&responses::text_completion(&answer)),
                         decorate,
                         sent,
                     )
@@ -128,9 +129,9 @@ pub async fn serve(
         }
         EndpointGroup::Embeddings => {
             match responses::embeddings(call.model, &input, call.settings.embedding_dimensions) {
-                Ok(v) => send_json(session, 200, v, decorate, sent).await,
+                Ok(v) => send_json(session, 200, to_bytes(&v), decorate, sent).await,
                 Err(msg) => {
-                    let body = error_body(
+                    let body = error_json(
                         &msg,
                         "invalid_request_error",
                         Some("input"),
@@ -142,24 +143,23 @@ pub async fn serve(
         }
         other => {
             let msg = format!("The mock provider does not implement the `{other}` endpoint.");
-            let body = error_body(&msg, "invalid_request_error", None, "unknown_endpoint");
+            let body = error_json(&msg, "invalid_request_error", None, "unknown_endpoint");
             send_json(session, 404, body, decorate, sent).await
         }
     }
 }
 
-fn error_body(message: &str, ty: &str, param: Option<&str>, code: &str) -> Value {
-    json!({ "error": { "message": message, "type": ty, "param": param, "code": code } })
+fn to_bytes(value: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("JSON value serializes"))
 }
 
 async fn send_json(
     session: &mut Session,
     status: u16,
-    value: Value,
+    body: Bytes,
     decorate: &Decorate<'_>,
     sent: &mut Sent,
 ) -> pingora::Result<()> {
-    let body = Bytes::from(serde_json::to_vec(&value).expect("JSON value serializes"));
     let mut h = ResponseHeader::build(status, Some(4))?;
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body.len().to_string())?;

@@ -2,6 +2,7 @@
 //! OpenAI-shaped JSON `{"error":{"message","type","param","code"}}` (DESIGN.md's error table).
 
 use crate::auth::{Refusal, RefusalKind};
+use crate::endpoints::BUILTIN_PROXY_PATHS;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use serde_json::json;
@@ -75,23 +76,39 @@ impl GatewayError {
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Forbidden => 403,
                 RefusalKind::Unavailable => 503,
-                _ => 401,
+                RefusalKind::Missing | RefusalKind::InvalidToken | RefusalKind::InvalidApiKey => {
+                    401
+                }
             },
             GatewayError::AuditUnavailable => 503,
             GatewayError::Internal => 500,
         }
     }
 
+    /// The OpenAI error `type`. Exhaustive on purpose: a new variant must choose its type.
     pub fn error_type(&self) -> &'static str {
         match self {
-            GatewayError::Auth(r) if r.kind() == RefusalKind::Forbidden => "permission_error",
-            GatewayError::Auth(_) => "authentication_error",
-            GatewayError::AuditUnavailable | GatewayError::Internal => "server_error",
+            GatewayError::InvalidJson(_)
+            | GatewayError::MissingModel(_)
+            | GatewayError::ModelNotFound { .. }
+            | GatewayError::UnknownEndpoint
+            | GatewayError::MethodNotAllowed { .. }
+            | GatewayError::RequestTooLarge { .. }
+            | GatewayError::MalformedBody
+            | GatewayError::BodyTimeout { .. } => "invalid_request_error",
+            GatewayError::BadUpstream { .. }
+            | GatewayError::ProviderAuthFailed { .. }
+            | GatewayError::NoHealthyUpstream { .. }
+            | GatewayError::UpstreamTimeout { .. } => "upstream_error",
             GatewayError::ProviderRateLimited { .. } => "rate_limit_error",
-            _ => match self.status() {
-                400 | 404 | 405 | 408 | 413 => "invalid_request_error",
-                _ => "upstream_error",
+            GatewayError::Auth(r) => match r.kind() {
+                RefusalKind::Forbidden => "permission_error",
+                RefusalKind::Missing
+                | RefusalKind::InvalidToken
+                | RefusalKind::InvalidApiKey
+                | RefusalKind::Unavailable => "authentication_error",
             },
+            GatewayError::AuditUnavailable | GatewayError::Internal => "server_error",
         }
     }
 
@@ -141,9 +158,7 @@ impl GatewayError {
                     format!("The model `{shown}` does not exist. Did you mean: {}?", suggestions.join(", "))
                 }
             }
-            GatewayError::UnknownEndpoint => {
-                "This gateway does not serve this path. Proxied: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations and the operator's server.extra_paths; local: GET /v1/models, /v1/models/{id}, /api/available-models, /api/providers/health, /health, /ready.".into()
-            }
+            GatewayError::UnknownEndpoint => unknown_endpoint_message(),
             GatewayError::MethodNotAllowed { allow } => format!("This path only accepts {allow}."),
             GatewayError::RequestTooLarge { limit } => {
                 format!("The request body is larger than this gateway accepts ({limit} bytes).")
@@ -178,9 +193,26 @@ impl GatewayError {
         match self {
             GatewayError::NoHealthyUpstream { retry_after, .. }
             | GatewayError::ProviderRateLimited { retry_after } => Some(*retry_after),
-            GatewayError::Auth(Refusal::AuthUnavailable) => Some(5),
+            GatewayError::Auth(r) => match r.kind() {
+                RefusalKind::Unavailable => Some(5),
+                RefusalKind::Missing
+                | RefusalKind::InvalidToken
+                | RefusalKind::InvalidApiKey
+                | RefusalKind::Forbidden => None,
+            },
             GatewayError::AuditUnavailable => Some(1),
-            _ => None,
+            GatewayError::InvalidJson(_)
+            | GatewayError::MissingModel(_)
+            | GatewayError::ModelNotFound { .. }
+            | GatewayError::UnknownEndpoint
+            | GatewayError::MethodNotAllowed { .. }
+            | GatewayError::RequestTooLarge { .. }
+            | GatewayError::MalformedBody
+            | GatewayError::BodyTimeout { .. }
+            | GatewayError::BadUpstream { .. }
+            | GatewayError::ProviderAuthFailed { .. }
+            | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::Internal => None,
         }
     }
 
@@ -190,25 +222,40 @@ impl GatewayError {
     /// own credentials, never improve on retry either.
     pub fn should_retry(&self) -> Option<bool> {
         match self {
-            // A stalled upload may well go through the next time.
-            GatewayError::AuditUnavailable
-            | GatewayError::Auth(Refusal::AuthUnavailable)
-            | GatewayError::BodyTimeout { .. } => None,
-            _ => Some(false),
+            // Transient on the gateway's side, or a stalled upload that may well go through the
+            // next time: the SDK's own policy decides.
+            GatewayError::AuditUnavailable | GatewayError::BodyTimeout { .. } => None,
+            GatewayError::Auth(r) => match r.kind() {
+                RefusalKind::Unavailable => None,
+                RefusalKind::Missing
+                | RefusalKind::InvalidToken
+                | RefusalKind::InvalidApiKey
+                | RefusalKind::Forbidden => Some(false),
+            },
+            GatewayError::InvalidJson(_)
+            | GatewayError::MissingModel(_)
+            | GatewayError::ModelNotFound { .. }
+            | GatewayError::UnknownEndpoint
+            | GatewayError::MethodNotAllowed { .. }
+            | GatewayError::RequestTooLarge { .. }
+            | GatewayError::MalformedBody
+            | GatewayError::BadUpstream { .. }
+            | GatewayError::ProviderAuthFailed { .. }
+            | GatewayError::NoHealthyUpstream { .. }
+            | GatewayError::ProviderRateLimited { .. }
+            | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::Internal => Some(false),
         }
     }
 
     /// The JSON body.
     pub fn body(&self) -> Bytes {
-        let v = json!({
-            "error": {
-                "message": self.message(),
-                "type": self.error_type(),
-                "param": self.param(),
-                "code": self.code(),
-            }
-        });
-        Bytes::from(serde_json::to_vec(&v).expect("JSON value serializes"))
+        error_json(
+            &self.message(),
+            self.error_type(),
+            self.param(),
+            self.code(),
+        )
     }
 
     /// The response header for a body of `len` bytes.
@@ -238,6 +285,25 @@ impl GatewayError {
         }
         h
     }
+}
+
+/// An OpenAI-shaped error body, `{"error":{"message","type","param","code"}}`: the gateway's
+/// own errors, the SSE event that ends a broken stream, and the built-in mock's answers.
+pub fn error_json(message: &str, error_type: &str, param: Option<&str>, code: &str) -> Bytes {
+    let v = json!({
+        "error": { "message": message, "type": error_type, "param": param, "code": code }
+    });
+    Bytes::from(serde_json::to_vec(&v).expect("JSON value serializes"))
+}
+
+/// Lists what the gateway serves, from the same tables that route requests.
+fn unknown_endpoint_message() -> String {
+    let proxied: Vec<&str> = BUILTIN_PROXY_PATHS.iter().map(|(p, _)| *p).collect();
+    format!(
+        "This gateway does not serve this path. Proxied: POST {} and the operator's server.extra_paths; local: GET {}.",
+        proxied.join(", "),
+        super::local::LISTED_PATHS.join(", ")
+    )
 }
 
 /// A JSON response header with the gateway's common headers.

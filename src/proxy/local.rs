@@ -31,6 +31,17 @@ pub fn group(l: &Local<'_>) -> crate::endpoints::EndpointGroup {
     }
 }
 
+/// The local paths a client may call, as the `unknown_endpoint` message lists them (aliases
+/// such as `/healthz` left out). `route` answers every one of them (tested below).
+pub const LISTED_PATHS: &[&str] = &[
+    "/v1/models",
+    "/v1/models/{id}",
+    "/api/available-models",
+    "/api/providers/health",
+    "/health",
+    "/ready",
+];
+
 /// Matches a normalised path.
 pub fn route(path: &str) -> Option<Local<'_>> {
     match path {
@@ -213,5 +224,16 @@ mod tests {
             Some(Local::Model("meta-llama/Llama-3"))
         );
         assert_eq!(route("/v1/chat/completions"), None);
+    }
+
+    #[test]
+    fn every_listed_path_is_served() {
+        for p in LISTED_PATHS {
+            let path = p.replace("{id}", "gpt-4o-mini");
+            assert!(route(&path).is_some(), "{p} is listed but not routed");
+        }
+        let message = GatewayError::UnknownEndpoint.message();
+        assert!(message.contains("/v1/chat/completions"), "{message}");
+        assert!(message.contains("/api/providers/health"), "{message}");
     }
 }

@@ -144,10 +144,12 @@ pub fn scrub(body: &[u8], secrets: &[Arc<ProviderKey>]) -> Vec<u8> {
 /// The event that ends an SSE stream that broke after its first byte, so that clients see an
 /// error rather than a silently truncated answer.
 pub fn sse_error_event(e: &GatewayError) -> Bytes {
-    let v = serde_json::json!({
-        "error": { "message": e.message(), "type": e.error_type(), "param": null, "code": e.code() }
-    });
-    Bytes::from(format!("data: {v}\n\n"))
+    let json = super::errors::error_json(&e.message(), e.error_type(), None, e.code());
+    let mut event = Vec::with_capacity(json.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(&json);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
 }
 
 #[cfg(test)]
