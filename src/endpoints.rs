@@ -23,6 +23,14 @@ pub enum EndpointGroup {
 impl EndpointGroup {
     pub fn as_str(&self) -> &str {
         match self {
+            EndpointGroup::Custom(s) => s,
+            builtin => builtin.static_name().unwrap_or_default(),
+        }
+    }
+
+    /// The name of a built-in group; `None` for a `server.extra_paths` group.
+    pub fn static_name(&self) -> Option<&'static str> {
+        Some(match self {
             EndpointGroup::Chat => "chat",
             EndpointGroup::Completions => "completions",
             EndpointGroup::Embeddings => "embeddings",
@@ -32,8 +40,8 @@ impl EndpointGroup {
             EndpointGroup::Analyze => "analyze",
             EndpointGroup::Usage => "usage",
             EndpointGroup::Admin => "admin",
-            EndpointGroup::Custom(s) => s,
-        }
+            EndpointGroup::Custom(_) => return None,
+        })
     }
 }
 

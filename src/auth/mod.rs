@@ -204,7 +204,7 @@ impl Authenticator {
     }
 
     /// Authenticates a request by its headers. Role checks come after (see `Rbac`); a caller
-    /// none of whose roles is known is authenticated with `Access::Roles(0)`, so that its
+    /// none of whose roles is known is authenticated with `Access::NoKnownRoles`, so that its
     /// refusal (`NoKnownRoles`) is audited with its subject and roles.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
         if self.open {
@@ -229,7 +229,7 @@ impl Authenticator {
                 Ok(Principal {
                     subject: found.id.clone(),
                     key_id: Some(found.id.clone()),
-                    access: Access::Roles(found.roles),
+                    access: Access::of_roles(found.roles),
                     roles: found.role_names.clone(),
                     method: "api_key",
                 })
@@ -241,7 +241,7 @@ impl Authenticator {
                 Ok(Principal {
                     subject: v.subject,
                     key_id: None,
-                    access: Access::Roles(set),
+                    access: Access::of_roles(set),
                     roles: v.roles,
                     method: "jwt",
                 })

@@ -16,8 +16,22 @@ pub const MAX_ROLES: usize = 64;
 pub enum Access {
     /// Everything: development mode without `auth`.
     All,
-    /// The union of these roles (bit i = role i).
+    /// The union of these roles (bit i = role i; never empty: see `of_roles`).
     Roles(u64),
+    /// The caller authenticated, but none of its roles is configured: it reaches nothing, and
+    /// is refused with `no_known_roles` (audited with its subject and roles).
+    NoKnownRoles,
+}
+
+impl Access {
+    /// The access of a role set.
+    pub fn of_roles(set: u64) -> Access {
+        if set == 0 {
+            Access::NoKnownRoles
+        } else {
+            Access::Roles(set)
+        }
+    }
 }
 
 /// The endpoint group names a role may list (besides `*` and `server.extra_paths` groups).
@@ -96,11 +110,8 @@ impl Rbac {
     pub fn allows_endpoint(&self, access: Access, group: &EndpointGroup) -> bool {
         match access {
             Access::All => true,
-            Access::Roles(set) => {
-                let allowed =
-                    self.any_endpoint | self.endpoints.get(group.as_str()).copied().unwrap_or(0);
-                set & allowed != 0
-            }
+            Access::Roles(set) => set & self.endpoint_roles(group) != 0,
+            Access::NoKnownRoles => false,
         }
     }
 
@@ -110,6 +121,7 @@ impl Rbac {
         match access {
             Access::All => true,
             Access::Roles(set) => set & self.endpoint_roles(group) & self.model_roles(model) != 0,
+            Access::NoKnownRoles => false,
         }
     }
 
@@ -125,7 +137,8 @@ impl Rbac {
     pub fn allows_model(&self, access: Access, model: ModelIdx) -> bool {
         match access {
             Access::All => true,
-            Access::Roles(set) => set & self.models.get(model.0).copied().unwrap_or(0) != 0,
+            Access::Roles(set) => set & self.model_roles(model) != 0,
+            Access::NoKnownRoles => false,
         }
     }
 }

@@ -104,9 +104,23 @@ impl Plan {
         self.spent < self.max_attempts && now < self.deadline
     }
 
+    /// The attempt in flight and its target, or the next one when the last has ended.
+    pub fn current_or_next(
+        &mut self,
+        rt: &Runtime,
+        now: Instant,
+    ) -> Result<(&Attempt, &Target), GatewayError> {
+        let attempt = match self.current.take() {
+            Some(a) => a,
+            None => self.pick(rt, now)?,
+        };
+        let attempt = self.current.insert(attempt);
+        Ok((attempt, &self.targets[attempt.target]))
+    }
+
     /// Picks the next attempt: the current target's next usable key and backend, then the
     /// following targets.
-    pub fn next(&mut self, rt: &Runtime, now: Instant) -> Result<(), GatewayError> {
+    fn pick(&mut self, rt: &Runtime, now: Instant) -> Result<Attempt, GatewayError> {
         if !self.budget_left(now) {
             return Err(self.final_error());
         }
@@ -150,7 +164,7 @@ impl Plan {
                 }
                 self.target = ti;
                 self.made += 1;
-                self.current = Some(Attempt {
+                return Ok(Attempt {
                     target: ti,
                     provider: t.provider,
                     backend: b,
@@ -158,7 +172,6 @@ impl Plan {
                     ticket,
                     started: std::time::Instant::now(),
                 });
-                return Ok(());
             }
         }
         Err(self.final_error())

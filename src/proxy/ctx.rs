@@ -1,9 +1,9 @@
 //! Per-request state, carried from hook to hook: plain data, no locks.
 
+use super::admission::route::Route;
 use super::attempts::Plan;
 use super::errors::GatewayError;
 use super::response_body::ResponseWatch;
-use super::route::Route;
 use super::timers::AttemptTimer;
 use super::DEFAULT_MODEL_HEADER;
 use crate::auth::Principal;
@@ -17,7 +17,9 @@ use std::time::Instant;
 
 pub struct RequestCtx {
     pub(super) started: Instant,
-    pub(super) rt: Option<Arc<Runtime>>,
+    /// The configuration this request is served by, from start to end (a reload swaps in a new
+    /// one for later requests).
+    pub(super) rt: Arc<Runtime>,
     pub(super) request_id: String,
     /// Normalised path.
     pub(super) path: String,
@@ -52,25 +54,26 @@ pub struct RequestCtx {
     pub(super) error_code: Option<&'static str>,
     /// The error `fail_to_proxy` should answer with, set by the hook that failed.
     pub(super) pending_error: Option<GatewayError>,
-    /// This request only relays a subrequest that does the proxying (and the logging).
-    pub(super) relayed: bool,
+    /// This request only relays its body to a subrequest, which does the proxying (and the
+    /// logging).
+    pub(super) relays_to_subrequest: bool,
+    /// The caller, once authenticated (for the access log).
     pub(super) principal: Option<Principal>,
     /// The canonical model id, once resolved (for the audit log).
     pub(super) model_id: Option<Arc<str>>,
     /// Metric label: the endpoint group or local endpoint.
     pub(super) endpoint: Cow<'static, str>,
     pub(super) audited: bool,
-    /// The client's address once worked out (`admission::client_addr`).
-    pub(super) client: Option<Option<std::net::IpAddr>>,
-    /// `X-Test-Mode: true` in development.
-    pub(super) test_mode: bool,
+    /// The client's address (the peer, or `X-Forwarded-For` from a trusted proxy), worked out
+    /// once at the start of `request_filter`; `None` when unknown.
+    pub(super) client: Option<std::net::IpAddr>,
 }
 
 impl RequestCtx {
-    pub fn new() -> RequestCtx {
+    pub fn new(rt: Arc<Runtime>) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            rt: None,
+            rt,
             request_id: String::new(),
             path: String::new(),
             route: None,
@@ -93,13 +96,12 @@ impl RequestCtx {
             bytes_out: 0,
             error_code: None,
             pending_error: None,
-            relayed: false,
+            relays_to_subrequest: false,
             principal: None,
             model_id: None,
             endpoint: Cow::Borrowed("unknown"),
             audited: false,
             client: None,
-            test_mode: false,
         }
     }
 
@@ -129,11 +131,5 @@ impl RequestCtx {
                 let _ = h.insert_header(DEFAULT_MODEL_HEADER, &*r.model_id);
             }
         }
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -3,32 +3,48 @@
 
 use super::errors::{json_header, GatewayError};
 use crate::auth::rbac::Access;
+use crate::endpoints::EndpointGroup;
 use crate::registry::{etag_matches, Rendered};
 use crate::runtime::Runtime;
 use bytes::Bytes;
 use http::Method;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 use serde_json::json;
 
 /// A local endpoint.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Local<'a> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
     Health,
     Ready,
     ModelsList,
-    Model(&'a str),
+    /// `/v1/models/{id}`: the id is the rest of the path (see [`model_id`]).
+    Model,
     AvailableModels,
     /// `/api/providers/health` (admin).
     ProvidersHealth,
 }
 
-/// The endpoint group a local endpoint belongs to.
-pub fn group(l: &Local<'_>) -> crate::endpoints::EndpointGroup {
-    match l {
-        Local::ProvidersHealth => crate::endpoints::EndpointGroup::Admin,
-        _ => crate::endpoints::EndpointGroup::Models,
+const MODEL_PREFIX: &str = "/v1/models/";
+
+impl Local {
+    /// The endpoint group roles grant for it.
+    pub fn group(self) -> &'static EndpointGroup {
+        static MODELS: EndpointGroup = EndpointGroup::Models;
+        static ADMIN: EndpointGroup = EndpointGroup::Admin;
+        match self {
+            Local::ProvidersHealth => &ADMIN,
+            Local::Health
+            | Local::Ready
+            | Local::ModelsList
+            | Local::Model
+            | Local::AvailableModels => &MODELS,
+        }
     }
+}
+
+/// The model id of a `/v1/models/{id}` path.
+pub fn model_id(path: &str) -> &str {
+    path.strip_prefix(MODEL_PREFIX).unwrap_or_default()
 }
 
 /// The local paths a client may call, as the `unknown_endpoint` message lists them (aliases
@@ -43,14 +59,17 @@ pub const LISTED_PATHS: &[&str] = &[
 ];
 
 /// Matches a normalised path.
-pub fn route(path: &str) -> Option<Local<'_>> {
+pub fn route(path: &str) -> Option<Local> {
     match path {
         "/health" | "/healthz" => Some(Local::Health),
         "/ready" | "/readyz" => Some(Local::Ready),
         "/v1/models" => Some(Local::ModelsList),
         "/api/available-models" => Some(Local::AvailableModels),
         "/api/providers/health" => Some(Local::ProvidersHealth),
-        _ => path.strip_prefix("/v1/models/").map(Local::Model),
+        _ if path.len() > MODEL_PREFIX.len() && path.starts_with(MODEL_PREFIX) => {
+            Some(Local::Model)
+        }
+        _ => None,
     }
 }
 
@@ -61,22 +80,21 @@ pub struct LocalResponse {
     pub body: Bytes,
 }
 
-/// Answers a local endpoint. `if_none_match` is the request's header, if any.
+/// Answers a local endpoint at `path`. `if_none_match` is the request's header, if any. An
+/// `Err` is for the caller to write (see `respond::error`).
 pub fn respond(
-    local: Local<'_>,
+    local: Local,
+    path: &str,
     method: &Method,
     if_none_match: Option<&[u8]>,
     rt: &Runtime,
     request_id: &str,
     access: Access,
-) -> LocalResponse {
+) -> Result<LocalResponse, GatewayError> {
     if method != Method::GET && method != Method::HEAD {
-        return error(
-            GatewayError::MethodNotAllowed { allow: "GET, HEAD" },
-            request_id,
-        );
+        return Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" });
     }
-    match local {
+    Ok(match local {
         Local::Health => plain_json(200, json!({ "status": "ok" }), request_id),
         Local::Ready => ready(rt, request_id),
         Local::ModelsList => cached(&rt.models_list(access), if_none_match, rt, request_id),
@@ -84,45 +102,24 @@ pub fn respond(
             cached(&rt.available_models(access), if_none_match, rt, request_id)
         }
         Local::ProvidersHealth => plain_json(200, super::provider_health::render(rt), request_id),
-        // A model the caller may not use does not exist for it.
-        Local::Model(id) => match rt
-            .registry
-            .lookup(id)
-            .filter(|i| rt.model_visible(access, *i))
-        {
-            Some(idx) => cached(rt.registry.model_object(idx), if_none_match, rt, request_id),
-            None => error(
-                GatewayError::ModelNotFound {
+        Local::Model => {
+            let id = model_id(path);
+            // A model the caller may not use does not exist for it.
+            let visible = |i| rt.model_visible(access, i);
+            let Some(idx) = rt.registry.lookup(id).filter(|i| visible(*i)) else {
+                return Err(GatewayError::ModelNotFound {
                     model: id.to_string(),
                     suggestions: rt
                         .registry
-                        .suggestions(id, &|i| rt.model_visible(access, i))
+                        .suggestions(id, &visible)
                         .into_iter()
                         .map(str::to_string)
                         .collect(),
-                },
-                request_id,
-            ),
-        },
-    }
-}
-
-/// Writes a local response (headers only for HEAD).
-pub async fn send(
-    session: &mut Session,
-    resp: LocalResponse,
-    head: bool,
-) -> pingora::Result<usize> {
-    let has_body = !head && !resp.body.is_empty();
-    session
-        .write_response_header(Box::new(resp.header), !has_body)
-        .await?;
-    if has_body {
-        let n = resp.body.len();
-        session.write_response_body(Some(resp.body), true).await?;
-        return Ok(n);
-    }
-    Ok(0)
+                });
+            };
+            cached(rt.registry.model_object(idx), if_none_match, rt, request_id)
+        }
+    })
 }
 
 fn ready(rt: &Runtime, request_id: &str) -> LocalResponse {
@@ -219,9 +216,10 @@ mod tests {
     fn routes() {
         assert_eq!(route("/health"), Some(Local::Health));
         assert_eq!(route("/v1/models"), Some(Local::ModelsList));
+        assert_eq!(route("/v1/models/meta-llama/Llama-3"), Some(Local::Model));
         assert_eq!(
-            route("/v1/models/meta-llama/Llama-3"),
-            Some(Local::Model("meta-llama/Llama-3"))
+            model_id("/v1/models/meta-llama/Llama-3"),
+            "meta-llama/Llama-3"
         );
         assert_eq!(route("/v1/chat/completions"), None);
     }

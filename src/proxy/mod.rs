@@ -1,31 +1,34 @@
 //! The `ProxyHttp` implementation. Each hook is a step of DESIGN.md's request flow and calls
 //! into the modules that hold the decisions:
 //!
-//! | hook                       | does                                                | module |
-//! |----------------------------|-----------------------------------------------------|--------|
-//! | `request_filter`           | snapshot, local endpoints, auth, body, route, mock  | `admission`, `local`, `body`, `model_field`, `route`, `mock` |
-//! | `upstream_peer`            | the next attempt: target, key, backend              | `attempts`, `upstream_flow` |
+//! | hook                       | does                                                | modules |
+//! |----------------------------|-----------------------------------------------------|---------|
+//! | `new_ctx`                  | the configuration snapshot for the whole request    | `ctx` |
+//! | `request_filter`           | read, admit (probe / auth / endpoint / body / route), answer locally or hand over | `intake`, `admission`, `audit`, `respond`, `local`, `body`, `model_field`, `subrequest` |
+//! | `upstream_peer`            | the next attempt: target, key, backend              | `upstream_flow`, `attempts` |
 //! | `connected_to_upstream`    | arm the attempt's timers                            | `timers` |
 //! | `upstream_request_filter`  | header hygiene, path, Host, key, Content-Length     | `upstream_flow`, `headers` |
 //! | `request_body_filter`      | send the (renamed) body at end of stream            | `body` |
-//! | `upstream_response_filter` | key ring, retries on 401/403/429/5xx, scrub, tag    | `upstream_flow` |
-//! | `response_body_filter`     | count, watch SSE errors, scrub error bodies         | `response_body` |
-//! | `fail_to_connect`, `error_while_proxy` | breaker, retry budget                   | `upstream_flow` |
-//! | `fail_to_proxy`            | OpenAI-shaped error, or an SSE error event          | `errors`, `response_body` |
-//! | `logging`                  | breaker outcome, metrics, access log                | `access_log` |
+//! | `upstream_response_filter` | key ring, retries on 401/403/429/5xx, scrub, tag    | `upstream_flow`, `headers`, `response_body` |
+//! | `response_body_filter`     | count, watch SSE errors, scrub error bodies         | `response_body`, `timers` |
+//! | `fail_to_connect`, `error_while_proxy` | breaker, retry budget                   | `upstream_flow`, `attempts` |
+//! | `fail_to_proxy`            | OpenAI-shaped error, or an SSE error event          | `upstream_flow`, `respond`, `response_body` |
+//! | `logging`                  | breaker outcome, metrics, access log                | `logging`, `upstream_flow` |
 
-mod access_log;
 mod admission;
 mod attempts;
+mod audit;
 pub mod body;
 mod ctx;
 pub mod errors;
 pub mod headers;
+mod intake;
 pub mod local;
+mod logging;
 pub mod model_field;
 mod provider_health;
+mod respond;
 mod response_body;
-mod route;
 mod subrequest;
 mod timers;
 mod upstream_flow;
@@ -34,25 +37,21 @@ pub use ctx::RequestCtx;
 
 use crate::auth::audit::AuditLog;
 use crate::auth::rbac::Access;
-use crate::auth::Refusal;
-use crate::config::Mode;
+use crate::auth::Principal;
 use crate::line_sink::LineSink;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::time::now_rfc3339;
-use access_log::{ms, AccessEntry};
-use admission::{client_addr, endpoint_label, reject, serve_local, serve_metrics, serve_mock};
+use admission::route::{Caller, Outcome};
+use admission::{Endpoint, Entry, Refused};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use errors::GatewayError;
-use local::Local;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::Error;
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -94,7 +93,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.runtime.load_full())
     }
 
     fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
@@ -102,97 +101,45 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let rt = self.runtime.load_full();
-        let relayed = subrequest::adopt_relay(session)?;
-        ctx.request_id = match &relayed {
-            Some(r) => r.request_id.clone(),
-            None => headers::request_id(session.req_header()),
-        };
-        ctx.rt = Some(rt.clone());
+        let parent_caller = subrequest::adopt_parent(session, ctx)?;
+        if parent_caller.is_none() {
+            ctx.request_id = headers::request_id(session.req_header());
+            ctx.client = intake::client_addr(session, &ctx.rt);
+        }
         let Some(path) = crate::endpoints::normalize(session.req_header().uri.path()) else {
-            return reject(session, ctx, GatewayError::UnknownEndpoint).await;
+            return respond::error(session, ctx, GatewayError::UnknownEndpoint).await;
         };
         ctx.path = path;
-        let local = local::route(&ctx.path);
-
-        // Unauthenticated: probes and the scrape endpoint.
-        if matches!(local, Some(Local::Health | Local::Ready)) {
-            ctx.endpoint = Cow::Borrowed("health");
-            return serve_local(session, ctx, &rt, Access::All).await;
-        }
-        if ctx.path == "/metrics" && rt.metrics_on_main {
-            ctx.endpoint = Cow::Borrowed("metrics");
-            return serve_metrics(session, ctx, &self.metrics).await;
-        }
-
-        // Who is calling, and may they use this endpoint at all.
-        let principal = match relayed {
-            Some(r) => {
-                ctx.audited = true;
-                r.principal
+        match admission::entry(&ctx.rt, &ctx.path) {
+            Entry::Probe(local) => {
+                ctx.endpoint = "health".into();
+                return respond::local(session, ctx, local, Access::All).await;
             }
-            None => match rt.auth.authenticate(&session.req_header().headers).await {
+            Entry::Metrics => {
+                ctx.endpoint = "metrics".into();
+                return respond::metrics(session, ctx, &self.metrics).await;
+            }
+            Entry::Guarded => {}
+        }
+        let caller = match parent_caller {
+            Some(p) => p,
+            None => match ctx
+                .rt
+                .auth
+                .authenticate(&session.req_header().headers)
+                .await
+            {
                 Ok(p) => p,
-                Err(refusal) => return self.deny(session, ctx, refusal).await,
+                Err(refusal) => {
+                    return self
+                        .refuse(session, ctx, None, Refused::Denied(refusal))
+                        .await
+                }
             },
         };
-        let access = principal.access;
-        ctx.principal = Some(principal);
-        if access == Access::Roles(0) {
-            return self.deny(session, ctx, Refusal::NoKnownRoles).await;
-        }
-        let group = match (&local, rt.proxied_group(&ctx.path)) {
-            (Some(l), _) => local::group(l),
-            (None, Some(g)) => g,
-            (None, None) => {
-                return self
-                    .admit_and_reject(session, ctx, GatewayError::UnknownEndpoint)
-                    .await
-            }
-        };
-        ctx.endpoint = endpoint_label(&group);
-        if !rt.auth.rbac.allows_endpoint(access, &group) {
-            return self.deny(session, ctx, Refusal::EndpointForbidden).await;
-        }
-        if local.is_some() {
-            if !self.admit(session, ctx) {
-                return reject(session, ctx, GatewayError::AuditUnavailable).await;
-            }
-            return serve_local(session, ctx, &rt, access).await;
-        }
-
-        ctx.test_mode = rt.mode == Mode::Development
-            && session
-                .req_header()
-                .headers
-                .get(TEST_MODE_HEADER)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let routed = match route::route(session, ctx, &rt, group, access).await {
-            Ok(r) => r,
-            Err(e) => {
-                // The body could not be read (the client left or stalled): still one audit line.
-                self.admit(session, ctx);
-                return Err(e);
-            }
-        };
-        if let route::Routed::Denied(refusal) = routed {
-            return self.deny(session, ctx, refusal).await;
-        }
-        if !self.admit(session, ctx) {
-            return reject(session, ctx, GatewayError::AuditUnavailable).await;
-        }
-        match routed {
-            route::Routed::Proxy => Ok(false),
-            route::Routed::Rejected(e) => reject(session, ctx, e).await,
-            route::Routed::Mock => serve_mock(session, ctx, &rt).await,
-            route::Routed::NeedsSubrequest(body) => {
-                ctx.relayed = true;
-                let principal = ctx.principal.clone().expect("authenticated above");
-                subrequest::relay(session, ctx, body, principal).await?;
-                Ok(true)
-            }
-            route::Routed::Denied(_) => unreachable!("handled above"),
-        }
+        let handled = self.admit(session, ctx, &caller).await;
+        ctx.principal = Some(caller);
+        handled
     }
 
     async fn upstream_peer(
@@ -325,19 +272,8 @@ impl ProxyHttp for Gateway {
         }
         let code = match gerr {
             Some(gerr) if !response_started(session) => {
-                ctx.error_code = Some(gerr.code());
                 let status = gerr.status();
-                let body = gerr.body();
-                let mut h = gerr.response_header(&ctx.request_id, body.len());
-                ctx.decorate(&mut h);
-                ctx.bytes_out += body.len();
-                if session
-                    .write_response_header(Box::new(h), false)
-                    .await
-                    .is_ok()
-                {
-                    let _ = session.write_response_body(Some(body), true).await;
-                }
+                let _ = respond::error(session, ctx, gerr).await;
                 status
             }
             Some(gerr) => {
@@ -371,52 +307,104 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        if ctx.relayed {
-            return;
+        self.log_request(session, ctx);
+    }
+}
+
+impl Gateway {
+    /// The rest of `request_filter` once the caller is known: may it use this endpoint, and
+    /// with this body; then the answer, or the hand-over to `upstream_peer` (`Ok(false)`).
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        caller: &Principal,
+    ) -> Result<bool> {
+        let endpoint = Endpoint::of_path(&ctx.rt, &ctx.path);
+        if let Some(e) = &endpoint {
+            ctx.endpoint = e.label();
         }
-        let status = ctx
-            .local_status
-            .or_else(|| session.response_written().map(|h| h.status.as_u16()))
-            .unwrap_or(0);
-        let client_gone = ctx.error_code == Some(CLIENT_CLOSED);
-        upstream_flow::finish(ctx, status, client_gone, ctx.stream_broken);
-        let client = client_addr(session, ctx);
-        let route = ctx.route.as_ref();
-        let elapsed = ctx.started.elapsed();
-        let upstream = ctx
-            .upstream_sent
-            .zip(ctx.upstream_done.or(ctx.upstream_header))
-            .map(|(s, e)| e.duration_since(s));
-        self.record_metrics(ctx, status, elapsed, upstream);
-        let since_sent = |end: Option<Instant>| Some(ms(end?.duration_since(ctx.upstream_sent?)));
-        let principal = ctx.principal.as_ref();
-        let entry = AccessEntry {
-            ts: now_rfc3339(),
-            request_id: &ctx.request_id,
-            method: session.req_header().method.as_str(),
-            path: &ctx.path,
-            model: route.map(|r| &*r.model_id),
-            requested_model: ctx
-                .requested_model
-                .as_deref()
-                .filter(|m| route.is_none_or(|r| **m != *r.model_id)),
-            provider: ctx.provider_name(),
-            backend: ctx.last_backend,
-            subject: principal.map(|p| &*p.subject),
-            caller_key_id: principal.and_then(|p| p.key_id.as_deref()),
-            provider_key_id: ctx.last_key_id.as_deref(),
-            status,
-            error: ctx.error_code,
-            attempts: ctx.attempts(),
-            stream: route.is_some_and(|r| r.stream),
-            latency_ms: ms(elapsed),
-            upstream_ms: since_sent(ctx.upstream_done),
-            upstream_ttfb_ms: since_sent(ctx.upstream_header),
-            bytes_in: session.body_bytes_read(),
-            bytes_out: ctx.bytes_out,
-            client,
+        let head = intake::head(session);
+        let group = match admission::authorize(&ctx.rt, caller.access, endpoint, head) {
+            Ok(Endpoint::Proxied(group)) => group,
+            Ok(Endpoint::Local(local)) => {
+                if !self.audit(session, ctx, Some(caller), None) {
+                    return respond::error(session, ctx, GatewayError::AuditUnavailable).await;
+                }
+                return respond::local(session, ctx, local, caller.access).await;
+            }
+            Err(why) => return self.refuse(session, ctx, Some(caller), why).await,
         };
-        self.access_log.write_json(&entry);
+        let rt = ctx.rt.clone();
+        let body = match intake::body(session, &rt).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) => {
+                return self
+                    .refuse(session, ctx, Some(caller), Refused::Rejected(e))
+                    .await
+            }
+            Err(gone) => {
+                // The client left or broke the body: still one audit line.
+                self.audit(session, ctx, Some(caller), None);
+                return Err(gone);
+            }
+        };
+        let test_mode = intake::test_mode(session, &rt);
+        let now = tokio::time::Instant::now();
+        let routing = admission::route::route(
+            &rt,
+            &group,
+            Caller {
+                principal: caller,
+                test_mode,
+            },
+            body,
+            now,
+        );
+        ctx.requested_model = routing.requested_model;
+        ctx.model_id = routing.model_id;
+        if let Outcome::Refuse { why, route } = routing.outcome {
+            ctx.route = route;
+            return self.refuse(session, ctx, Some(caller), why).await;
+        }
+        if !self.audit(session, ctx, Some(caller), None) {
+            return respond::error(session, ctx, GatewayError::AuditUnavailable).await;
+        }
+        match routing.outcome {
+            Outcome::Proxy { route, plan, body } => {
+                ctx.route = Some(route);
+                ctx.plan = Some(plan);
+                ctx.original_body = body;
+                Ok(false)
+            }
+            Outcome::Mock { route, body } => respond::mock(session, ctx, route, body).await,
+            Outcome::Relay { body, principal } => {
+                ctx.relays_to_subrequest = true;
+                subrequest::relay(session, ctx, body, principal).await?;
+                Ok(true)
+            }
+            Outcome::Refuse { why, .. } => self.refuse(session, ctx, Some(caller), why).await,
+        }
+    }
+
+    /// Answers a refusal: the audit line (`deny`, or `allow` for a caller admitted whose
+    /// request cannot be served), then the error.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        caller: Option<&Principal>,
+        why: Refused,
+    ) -> Result<bool> {
+        let error = match why {
+            Refused::Denied(r) => {
+                self.audit(session, ctx, caller, Some(r));
+                GatewayError::Auth(r)
+            }
+            Refused::Rejected(e) if self.audit(session, ctx, caller, None) => e,
+            Refused::Rejected(_) => GatewayError::AuditUnavailable,
+        };
+        respond::error(session, ctx, error).await
     }
 }
 
@@ -425,4 +413,25 @@ fn response_started(session: &Session) -> bool {
     session
         .response_written()
         .is_some_and(|h| !h.status.is_informational())
+}
+
+#[cfg(test)]
+mod tests {
+    /// docs/architecture.md shows the hook table of this module's documentation, row for row.
+    #[test]
+    fn the_architecture_doc_shows_this_hook_table() {
+        let code: Vec<&str> = include_str!("mod.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! |"))
+            .collect();
+        let doc: Vec<&str> = include_str!("../../docs/architecture.md")
+            .lines()
+            .skip_while(|l| !l.starts_with("The table at the top of `src/proxy/mod.rs`"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.strip_prefix('|'))
+            .collect();
+        assert!(code.len() > 5, "the hook table is in the module docs");
+        assert_eq!(code, doc);
+    }
 }

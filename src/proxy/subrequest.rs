@@ -10,24 +10,23 @@
 use super::body::RETRY_BUFFER_LIMIT;
 use super::RequestCtx;
 use crate::auth::Principal;
+use crate::runtime::Runtime;
 use bytes::Bytes;
 use pingora::proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
+use std::net::IpAddr;
+use std::sync::Arc;
 
 /// What a relaying request hands to its subrequest: the subrequest is the same request, already
-/// authenticated and audited.
+/// authenticated and audited, served by the same configuration snapshot.
 struct RelayInfo {
     request_id: String,
     body_len: usize,
     principal: Principal,
-}
-
-/// What a subrequest inherits from the request it relays for.
-pub struct Relayed {
-    pub request_id: String,
-    pub principal: Principal,
+    rt: Arc<Runtime>,
+    client: Option<IpAddr>,
 }
 
 /// Whether this request might need a subrequest: a body without a declared length.
@@ -37,11 +36,16 @@ pub fn may_need(session: &Session) -> bool {
         && super::body::declared_length(session).is_none()
 }
 
-/// In a relayed subrequest: declares the body by its length, and returns the request id of the
-/// request this subrequest relays for, so that both log as one request. The subrequest starts
-/// from the client's raw header bytes (Pingora 0.9.1 `to_h1_raw`), so the chunked framing has to
-/// be replaced here, before its body is read, not in the relaying request.
-pub fn adopt_relay(session: &mut Session) -> pingora::Result<Option<Relayed>> {
+/// In a subrequest that relays for a client request: takes over that request's identity (its
+/// request id, so that both log as one request; its configuration snapshot; its client
+/// address; its audit line), declares the body by its length, and returns the caller. `None`
+/// for any other request. The subrequest starts from the client's raw header bytes (Pingora
+/// 0.9.1 `to_h1_raw`), so the chunked framing has to be replaced here, before its body is read,
+/// not in the relaying request.
+pub fn adopt_parent(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<Option<Principal>> {
     let Some(info) = session
         .subrequest_ctx
         .as_ref()
@@ -50,16 +54,17 @@ pub fn adopt_relay(session: &mut Session) -> pingora::Result<Option<Relayed>> {
     else {
         return Ok(None);
     };
-    let relayed = Relayed {
-        request_id: info.request_id.clone(),
-        principal: info.principal.clone(),
-    };
+    ctx.request_id = info.request_id.clone();
+    ctx.rt = info.rt.clone();
+    ctx.client = info.client;
+    ctx.audited = true;
+    let principal = info.principal.clone();
     let len = info.body_len;
     let h = session.req_header_mut();
     h.remove_header(&http::header::TRANSFER_ENCODING);
     h.remove_header(&http::header::EXPECT);
     h.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
-    Ok(Some(relayed))
+    Ok(Some(principal))
 }
 
 /// Runs the request again as a subrequest with `body`, relaying its response to the client.
@@ -75,6 +80,8 @@ pub async fn relay(
             request_id: ctx.request_id.clone(),
             body_len: body.len(),
             principal,
+            rt: ctx.rt.clone(),
+            client: ctx.client,
         }))
         .build();
     let Some(spawner) = session.subrequest_spawner.as_ref() else {

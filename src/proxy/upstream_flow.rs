@@ -14,21 +14,16 @@ use std::time::Instant;
 
 /// The peer for the next attempt (the first was chosen while routing).
 pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-    let Some(rt) = ctx.rt.clone() else {
-        return Error::e_explain(ErrorType::InternalError, "upstream_peer without a runtime");
-    };
     let Some(plan) = ctx.plan.as_mut() else {
         return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
     };
-    if plan.current.is_none() {
-        if let Err(e) = plan.next(&rt, tokio::time::Instant::now()) {
+    let (attempt, target) = match plan.current_or_next(&ctx.rt, tokio::time::Instant::now()) {
+        Ok(chosen) => chosen,
+        Err(e) => {
             ctx.pending_error = Some(e);
             return Error::e_explain(ErrorType::ConnectNoRoute, "no target left to try");
         }
-    }
-    let plan = ctx.plan.as_ref().expect("checked above");
-    let attempt = plan.current.as_ref().expect("set above");
-    let target = &plan.targets[attempt.target];
+    };
     if ctx.body_target != Some(attempt.target) {
         let renamed = ctx.requested_model.as_deref() != Some(&*target.upstream_model);
         ctx.body = if renamed {
@@ -46,7 +41,7 @@ pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     ctx.upstream_done = None;
     ctx.last_backend = Some(attempt.backend.addr);
     ctx.last_key_id = attempt.key.as_ref().map(|(_, k)| k.id.clone());
-    let provider = rt.provider(attempt.provider);
+    let provider = ctx.rt.provider(attempt.provider);
     Ok(Box::new(http_peer(
         &attempt.backend,
         provider.ca.as_ref(),
@@ -56,7 +51,7 @@ pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
 
 /// Rewrites the client's request for the current attempt's provider and backend.
 pub fn prepare_request(ctx: &mut RequestCtx, req: &mut RequestHeader) -> Result<()> {
-    let (Some(rt), Some(plan)) = (&ctx.rt, &ctx.plan) else {
+    let Some(plan) = &ctx.plan else {
         return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
     };
     let Some(a) = plan.current.as_ref() else {
@@ -76,7 +71,8 @@ pub fn prepare_request(ctx: &mut RequestCtx, req: &mut RequestHeader) -> Result<
         http::Uri::try_from(path).or_err(ErrorType::InternalError, "building upstream URI")?,
     );
     req.insert_header("host", &ep.host_header)?;
-    rt.provider(a.provider)
+    ctx.rt
+        .provider(a.provider)
         .auth
         .apply(req, a.key.as_ref().map(|(_, k)| &**k))?;
     req.insert_header("content-length", ctx.body.len().to_string())?;
@@ -95,7 +91,8 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
     ctx.upstream_header = Some(Instant::now());
     let status = resp.status.as_u16();
     let now = tokio::time::Instant::now();
-    let (Some(rt), Some(plan)) = (ctx.rt.clone(), ctx.plan.as_mut()) else {
+    let rt = ctx.rt.clone();
+    let Some(plan) = ctx.plan.as_mut() else {
         return Error::e_explain(ErrorType::InternalError, "response without a route");
     };
     let Some(a) = plan.current.as_ref() else {

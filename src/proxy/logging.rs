@@ -1,0 +1,154 @@
+//! What the `logging` hook records once a request is over: the last attempt's breaker outcome
+//! (`upstream_flow::finish`), the request metrics, and the access log's JSON line (written off
+//! the request path by a `LineSink`).
+
+use super::ctx::RequestCtx;
+use super::{upstream_flow, Gateway, CLIENT_CLOSED};
+use crate::time::now_rfc3339;
+use pingora::proxy::Session;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+impl Gateway {
+    /// The `logging` hook's work. A request that relayed its body to a subrequest logs
+    /// nothing: the subrequest is the same request and logs it.
+    pub(super) fn log_request(&self, session: &Session, ctx: &mut RequestCtx) {
+        if ctx.relays_to_subrequest {
+            return;
+        }
+        let status = ctx
+            .local_status
+            .or_else(|| session.response_written().map(|h| h.status.as_u16()))
+            .unwrap_or(0);
+        let client_gone = ctx.error_code == Some(CLIENT_CLOSED);
+        upstream_flow::finish(ctx, status, client_gone, ctx.stream_broken);
+        let elapsed = ctx.started.elapsed();
+        let upstream = ctx
+            .upstream_sent
+            .zip(ctx.upstream_done.or(ctx.upstream_header))
+            .map(|(s, e)| e.duration_since(s));
+        self.record_metrics(ctx, status, elapsed, upstream);
+        let since_sent = |end: Option<Instant>| Some(ms(end?.duration_since(ctx.upstream_sent?)));
+        let route = ctx.route.as_ref();
+        let principal = ctx.principal.as_ref();
+        let entry = AccessEntry {
+            ts: now_rfc3339(),
+            request_id: &ctx.request_id,
+            method: session.req_header().method.as_str(),
+            path: &ctx.path,
+            model: route.map(|r| &*r.model_id),
+            requested_model: ctx
+                .requested_model
+                .as_deref()
+                .filter(|m| route.is_none_or(|r| **m != *r.model_id)),
+            provider: ctx.provider_name(),
+            backend: ctx.last_backend,
+            subject: principal.map(|p| &*p.subject),
+            caller_key_id: principal.and_then(|p| p.key_id.as_deref()),
+            provider_key_id: ctx.last_key_id.as_deref(),
+            status,
+            error: ctx.error_code,
+            attempts: ctx.attempts(),
+            stream: route.is_some_and(|r| r.stream),
+            latency_ms: ms(elapsed),
+            upstream_ms: since_sent(ctx.upstream_done),
+            upstream_ttfb_ms: since_sent(ctx.upstream_header),
+            bytes_in: session.body_bytes_read(),
+            bytes_out: ctx.bytes_out,
+            client: ctx.client,
+        };
+        self.access_log.write_json(&entry);
+    }
+
+    fn record_metrics(
+        &self,
+        ctx: &RequestCtx,
+        status: u16,
+        elapsed: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let buf = itoa_status(status);
+        let status_label = std::str::from_utf8(&buf).unwrap_or("0");
+        let m = &self.metrics;
+        m.requests
+            .with_label_values(&[&*ctx.endpoint, status_label])
+            .inc();
+        m.request_duration
+            .with_label_values(&[&*ctx.endpoint])
+            .observe(elapsed.as_secs_f64());
+        // The provider that answered (after a fallback, not the route's first target).
+        if let (Some(u), Some(provider)) = (upstream, ctx.provider_name()) {
+            m.upstream_duration
+                .with_label_values(&[provider])
+                .observe(u.as_secs_f64());
+        }
+        m.overhead.observe(
+            elapsed
+                .saturating_sub(upstream.unwrap_or_default())
+                .as_secs_f64(),
+        );
+    }
+}
+
+/// A status code as three ASCII digits, without allocating.
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+/// One access-log line. Never carries a credential: keys appear by id only.
+#[derive(Serialize)]
+pub struct AccessEntry<'a> {
+    pub ts: String,
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Canonical model id the request was routed to.
+    pub model: Option<&'a str>,
+    /// The `model` the client sent, when it differs from the canonical id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_model: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub backend: Option<std::net::SocketAddr>,
+    /// The caller: a token's subject, an API key's id, or `anonymous`.
+    pub subject: Option<&'a str>,
+    /// The caller's API key id, for key callers.
+    pub caller_key_id: Option<&'a str>,
+    /// Id of the provider key used (never the key).
+    pub provider_key_id: Option<&'a str>,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    /// Upstream requests made (retries and key rotations included).
+    pub attempts: u32,
+    pub stream: bool,
+    pub latency_ms: f64,
+    /// Request sent upstream to response complete.
+    pub upstream_ms: Option<f64>,
+    /// Request sent upstream to response header.
+    pub upstream_ttfb_ms: Option<f64>,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub client: Option<std::net::IpAddr>,
+}
+
+/// Milliseconds with microsecond precision.
+fn ms(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_digits() {
+        assert_eq!(&itoa_status(200), b"200");
+        assert_eq!(&itoa_status(0), b"000");
+        assert_eq!(&itoa_status(5000), b"999");
+    }
+}

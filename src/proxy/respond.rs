@@ -1,0 +1,114 @@
+//! Responses the gateway writes itself, from `request_filter` and `fail_to_proxy`: every gateway
+//! error (one writer: [`error`]), the local endpoints, `/metrics`, and the built-in mock.
+
+use super::admission::route::Route;
+use super::ctx::RequestCtx;
+use super::errors::GatewayError;
+use super::local::{self, Local, LocalResponse};
+use crate::auth::rbac::Access;
+use crate::metrics::Metrics;
+use crate::mock;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+/// Answers with a gateway error. `Ok(true)`: the response is written (`request_filter`'s
+/// "handled").
+pub async fn error(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError) -> Result<bool> {
+    ctx.error_code = Some(e.code());
+    let mut resp = local::error(e, &ctx.request_id);
+    ctx.decorate(&mut resp.header);
+    // A body left unread cannot be skipped reliably on this connection: close it.
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+    send(session, ctx, resp).await
+}
+
+/// Serves a local endpoint as `access` sees it.
+pub async fn local(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    endpoint: Local,
+    access: Access,
+) -> Result<bool> {
+    let req = session.req_header();
+    let inm = req.headers.get("if-none-match").map(|v| v.as_bytes());
+    let answer = local::respond(
+        endpoint,
+        &ctx.path,
+        &req.method,
+        inm,
+        &ctx.rt,
+        &ctx.request_id,
+        access,
+    );
+    match answer {
+        Ok(resp) => send(session, ctx, resp).await,
+        Err(e) => error(session, ctx, e).await,
+    }
+}
+
+/// `GET /metrics` in Prometheus' text format.
+pub async fn metrics(session: &mut Session, ctx: &mut RequestCtx, m: &Metrics) -> Result<bool> {
+    let method = &session.req_header().method;
+    if method != http::Method::GET && method != http::Method::HEAD {
+        let allow = "GET, HEAD";
+        return error(session, ctx, GatewayError::MethodNotAllowed { allow }).await;
+    }
+    let body = Bytes::from(m.render());
+    let mut header = ResponseHeader::build(200, Some(4))?;
+    header.insert_header("content-type", crate::metrics::CONTENT_TYPE)?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    header.insert_header("x-request-id", &ctx.request_id)?;
+    let resp = LocalResponse {
+        status: 200,
+        header,
+        body,
+    };
+    send(session, ctx, resp).await
+}
+
+/// The built-in mock answers `route` in place with `body` (already renamed for it).
+pub async fn mock(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: Route,
+    body: Bytes,
+) -> Result<bool> {
+    let provider = ctx.rt.provider(route.target.provider);
+    let settings = provider.mock.clone().unwrap_or_default();
+    ctx.route = Some(route.clone());
+    let call = mock::MockCall {
+        group: &route.group,
+        body: &body,
+        model: &route.target.upstream_model,
+        stream: route.stream,
+        settings: &settings,
+        request_id: &ctx.request_id,
+    };
+    let decorate = |h: &mut ResponseHeader| ctx.decorate(h);
+    let mut sent = mock::Sent::default();
+    let result = mock::serve(session, call, &decorate, &mut sent).await;
+    ctx.local_status = sent.status;
+    ctx.bytes_out = sent.bytes;
+    result.map(|_| true)
+}
+
+/// Writes a response the gateway made (headers only for HEAD) and records it for the logs.
+async fn send(session: &mut Session, ctx: &mut RequestCtx, resp: LocalResponse) -> Result<bool> {
+    ctx.local_status = Some(resp.status);
+    let head = session.req_header().method == http::Method::HEAD;
+    let has_body = !head && !resp.body.is_empty();
+    session
+        .write_response_header(Box::new(resp.header), !has_body)
+        .await?;
+    if has_body {
+        let len = resp.body.len();
+        session.write_response_body(Some(resp.body), true).await?;
+        ctx.bytes_out += len;
+    }
+    Ok(true)
+}
