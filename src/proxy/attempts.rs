@@ -276,3 +276,6 @@ fn caller_hash(subject: &str) -> u64 {
     subject.hash(&mut h);
     h.finish()
 }
+
+#[cfg(test)]
+mod tests;

@@ -30,6 +30,8 @@ mod provider_health;
 mod respond;
 mod response_body;
 mod subrequest;
+#[cfg(test)]
+mod test_support;
 mod timers;
 mod upstream_flow;
 

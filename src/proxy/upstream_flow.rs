@@ -327,3 +327,6 @@ pub fn classify(e: &Error, ctx: &RequestCtx) -> Option<GatewayError> {
         _ => Some(GatewayError::Internal),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,10 +3,9 @@
 
 use super::route::{route, Caller, Outcome, Routing};
 use super::*;
-use crate::auth::Principal;
 use crate::proxy::body::ReadBody;
+use crate::proxy::test_support::{caller, resolved_runtime, runtime};
 use bytes::Bytes;
-use std::path::Path;
 use std::sync::Arc;
 
 const CONFIG: &str = r#"
@@ -34,24 +33,6 @@ models:
   - id: secret-model
     targets: [{ provider: mock }]
 "#;
-
-fn runtime(yaml: &str) -> Runtime {
-    let config = crate::config::load_str(yaml, Path::new("t.yaml"), Path::new("."), &|_| None)
-        .expect("test configuration loads");
-    Runtime::compile(&config)
-        .expect("test configuration compiles")
-        .0
-}
-
-fn caller(rt: &Runtime, roles: &[&str]) -> Principal {
-    Principal {
-        subject: Arc::from("alice"),
-        key_id: None,
-        access: Access::of_roles(rt.auth.rbac.role_set(roles.iter().copied())),
-        roles: Arc::from(roles.iter().map(|r| r.to_string()).collect::<Vec<_>>()),
-        method: "jwt",
-    }
-}
 
 fn post(declared: Option<u64>) -> Head<'static> {
     static POST: http::Method = http::Method::POST;
@@ -337,8 +318,7 @@ fn a_provider_without_backends_is_unservable_but_the_route_is_kept_for_the_logs(
 
 #[tokio::test]
 async fn a_resolved_provider_gets_a_plan_with_its_first_attempt_chosen() {
-    let rt = runtime(CONFIG);
-    crate::upstream::manager::refresh_all(&rt).await;
+    let rt = resolved_runtime(CONFIG).await;
     let r = route_chat(&rt, &["user"], r#"{"model":"mini","messages":[]}"#, false);
     let Outcome::Proxy {
         route,
@@ -365,8 +345,7 @@ async fn a_resolved_provider_gets_a_plan_with_its_first_attempt_chosen() {
 
 #[tokio::test]
 async fn a_chunked_body_too_large_to_replay_is_relayed() {
-    let rt = runtime(CONFIG);
-    crate::upstream::manager::refresh_all(&rt).await;
+    let rt = resolved_runtime(CONFIG).await;
     let principal = caller(&rt, &["user"]);
     let c = Caller {
         principal: &principal,
