@@ -74,6 +74,13 @@ pub struct Caller<'a> {
     pub test_mode: bool,
 }
 
+impl Routing {
+    fn refuse(mut self, why: Refused) -> Routing {
+        self.outcome = Outcome::refuse(why);
+        self
+    }
+}
+
 /// Step 3: routes a request for `group` whose body has been read.
 pub fn route(
     rt: &Runtime,
@@ -82,67 +89,60 @@ pub fn route(
     body: ReadBody,
     now: tokio::time::Instant,
 ) -> Routing {
-    let mut routing = Routing {
+    let routing = Routing {
         requested_model: None,
         model_id: None,
         outcome: Outcome::refuse(Refused::Rejected(GatewayError::Internal)),
     };
     let probe = match model_field::probe(&body.bytes) {
         Ok(p) => p,
-        Err(e) => {
-            let e = match e {
-                ProbeError::InvalidJson(d) => GatewayError::InvalidJson(d),
-                ProbeError::MissingModel(w) => GatewayError::MissingModel(w),
-            };
-            routing.outcome = Outcome::refuse(Refused::Rejected(e));
-            return routing;
+        Err(ProbeError::InvalidJson(d)) => {
+            return routing.refuse(Refused::Rejected(GatewayError::InvalidJson(d)))
+        }
+        Err(ProbeError::MissingModel(w)) => {
+            return routing.refuse(Refused::Rejected(GatewayError::MissingModel(w)))
         }
     };
-    routing.requested_model = Some(probe.model.as_ref().into());
+    let mut routing = Routing {
+        requested_model: Some(probe.model.as_ref().into()),
+        ..routing
+    };
     let access = caller.principal.access;
-    let found = rt.registry.lookup(&probe.model);
-    if let Some(idx) = found {
-        routing.model_id = Some(rt.registry.get(idx).id.clone());
-        // Authorised on the canonical id: an alias cannot bypass a pattern. In test mode the
-        // mock answers any name, but a known model the caller may not use stays refused.
-        if !rt.auth.rbac.allows(access, group, idx) {
-            routing.outcome = Outcome::refuse(Refused::Denied(Refusal::ModelForbidden));
-            return routing;
-        }
-    }
+    let known = rt.registry.lookup(&probe.model);
     if let (true, Some(mock)) = (caller.test_mode, rt.test_mock) {
+        // The mock answers any name, but a known model the caller may not use stays refused.
+        if let Some(idx) = known {
+            routing.model_id = Some(rt.registry.get(idx).id.clone());
+            if !rt.auth.rbac.allows(access, group, idx) {
+                return routing.refuse(Refused::Denied(Refusal::ModelForbidden));
+            }
+        }
         let route = test_mode_route(rt, mock, group, &probe.model, probe.stream);
-        routing.outcome = Outcome::Mock {
-            route,
-            body: body.bytes,
-        };
+        let body = body.bytes;
+        routing.outcome = Outcome::Mock { route, body };
         return routing;
     }
-    let (idx, default_model_used) = match (found, rt.registry.default_model()) {
-        (Some(i), _) => (i, false),
-        (None, Some(d)) => (d, true),
-        (None, None) => {
-            let suggestions = rt
-                .registry
-                .suggestions(&probe.model, &|i| rt.model_visible(access, i))
-                .into_iter()
-                .map(str::to_string)
-                .collect();
-            routing.outcome = Outcome::refuse(Refused::Rejected(GatewayError::ModelNotFound {
-                model: probe.model.into_owned(),
-                suggestions,
-            }));
-            return routing;
-        }
+    let found = match (known, rt.registry.default_model()) {
+        (Some(i), _) => Some((i, false)),
+        (None, Some(d)) => Some((d, true)),
+        (None, None) => None,
+    };
+    let Some((idx, default_model_used)) = found else {
+        let suggestions = rt
+            .registry
+            .suggestions(&probe.model, &|i| rt.model_visible(access, i))
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let model = probe.model.into_owned();
+        let e = GatewayError::ModelNotFound { model, suggestions };
+        return routing.refuse(Refused::Rejected(e));
     };
     let model = rt.registry.get(idx);
-    if default_model_used {
-        routing.model_id = Some(model.id.clone());
-        // The default model is authorised like any other.
-        if !rt.auth.rbac.allows(access, group, idx) {
-            routing.outcome = Outcome::refuse(Refused::Denied(Refusal::ModelForbidden));
-            return routing;
-        }
+    routing.model_id = Some(model.id.clone());
+    // Authorised on the canonical id: an alias (or the default model) cannot bypass a pattern.
+    if !rt.auth.rbac.allows(access, group, idx) {
+        return routing.refuse(Refused::Denied(Refusal::ModelForbidden));
     }
     let route = |target: &Target| Route {
         group: group.clone(),
@@ -151,41 +151,56 @@ pub fn route(
         target: target.clone(),
         stream: probe.stream,
     };
+    routing.outcome = destination(rt, model, route, &probe.model, &body, caller, now);
+    routing
+}
+
+/// Where a request for `model` goes: the mock when it is first in line, a relay for a body
+/// Pingora cannot replay, else the retry plan with its first attempt chosen.
+fn destination(
+    rt: &Runtime,
+    model: &Model,
+    route: impl Fn(&Target) -> Route,
+    requested: &str,
+    body: &ReadBody,
+    caller: Caller<'_>,
+    now: tokio::time::Instant,
+) -> Outcome {
     if let Some(t) = mock_first_in_line(rt, model) {
-        let route = route(t);
-        let body = if *probe.model == *t.upstream_model {
-            body.bytes
+        let body = if requested == &*t.upstream_model {
+            body.bytes.clone()
         } else {
-            model_field::rewrite_model(&body.bytes, &t.upstream_model).unwrap_or(body.bytes)
+            model_field::rewrite_model(&body.bytes, &t.upstream_model)
+                .unwrap_or_else(|| body.bytes.clone())
         };
-        routing.outcome = Outcome::Mock { route, body };
-        return routing;
+        return Outcome::Mock {
+            route: route(t),
+            body,
+        };
     }
     if !body.replayable {
-        routing.outcome = Outcome::Relay {
-            body: body.bytes,
+        return Outcome::Relay {
+            body: body.bytes.clone(),
             principal: caller.principal.clone(),
         };
-        return routing;
     }
     // Validation guarantees at least one target; the plan reports the lack of one.
-    let first = model.targets.first().map(route);
+    let first = model.targets.first().map(&route);
     let subject = caller.principal.subject.clone();
     let mut plan = Plan::new(rt, model.id.clone(), model.targets.clone(), subject, now);
     let chosen = plan.current_or_next(rt, now).map(|_| ());
-    routing.outcome = match (chosen, first) {
+    match (chosen, first) {
         (Ok(()), Some(route)) => Outcome::Proxy {
             route,
             plan,
-            body: body.bytes,
+            body: body.bytes.clone(),
         },
         (Err(e), route) => Outcome::Refuse {
             why: Refused::Rejected(e),
             route,
         },
         (Ok(()), None) => Outcome::refuse(Refused::Rejected(GatewayError::Internal)),
-    };
-    routing
+    }
 }
 
 /// The mock target that would answer now, when a mock comes first among the targets that can
