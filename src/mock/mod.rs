@@ -40,6 +40,17 @@ pub struct Sent {
     pub bytes: usize,
 }
 
+/// What the mock answers: decided first (no I/O), then sent.
+#[derive(Debug)]
+pub enum Reply {
+    Json {
+        status: u16,
+        body: Bytes,
+    },
+    /// SSE events (each sent as `data: ...`, paced by `chunk_interval_ms`), then `[DONE]`.
+    Events(Vec<Value>),
+}
+
 /// Answers `call` on `session`. `decorate` adds the gateway's response headers.
 pub async fn serve(
     session: &mut Session,
@@ -50,20 +61,30 @@ pub async fn serve(
     if call.settings.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(call.settings.latency_ms)).await;
     }
-    if call.settings.failure_rate > 0.0
-        && rand::thread_rng().gen::<f64>() < call.settings.failure_rate
-    {
-        let body = error_json(
-            "The mock provider failed this request (configured failure_rate).",
-            "server_error",
-            None,
-            "mock_failure",
-        );
-        return send_json(session, 500, body, decorate, sent).await;
+    let fails = call.settings.failure_rate > 0.0
+        && rand::thread_rng().gen::<f64>() < call.settings.failure_rate;
+    let reply = if fails {
+        let message = "The mock provider failed this request (configured failure_rate).";
+        Reply::Json {
+            status: 500,
+            body: error_json(message, "server_error", None, "mock_failure"),
+        }
+    } else {
+        reply(&call, crate::time::unix_now())
+    };
+    match reply {
+        Reply::Json { status, body } => send_json(session, status, body, decorate, sent).await,
+        Reply::Events(events) => send_sse(session, events, call.settings, decorate, sent).await,
     }
+}
+
+/// The mock's answer to `call` at time `created` (Unix seconds).
+pub fn reply(call: &MockCall<'_>, created: u64) -> Reply {
     let input: MockInput = serde_json::from_slice(call.body).unwrap_or_default();
-    let created = crate::time::unix_now();
-    let id_suffix = &call.request_id[..call.request_id.len().min(24)];
+    let ok = |v: Value| Reply::Json {
+        status: 200,
+        body: to_bytes(&v),
+    };
     match call.group {
         EndpointGroup::Chat | EndpointGroup::Completions => {
             let chat = *call.group == EndpointGroup::Chat;
@@ -72,10 +93,9 @@ pub async fn serve(
             } else {
                 responses::completion_reply(&input)
             };
-            let id = format!(
-                "{}-mock-{id_suffix}",
-                if chat { "chatcmpl" } else { "cmpl" }
-            );
+            let id_suffix = &call.request_id[..call.request_id.len().min(24)];
+            let kind = if chat { "chatcmpl" } else { "cmpl" };
+            let id = format!("{kind}-mock-{id_suffix}");
             let answer = responses::Answer {
                 id: &id,
                 created,
@@ -85,66 +105,32 @@ pub async fn serve(
             };
             let usage = input.include_usage();
             match (chat, call.stream) {
-                (true, true) => {
-                    send_sse(
-                        session,
-                        responses::chat_chunks(&answer, usage),
-                        call.settings,
-                        decorate,
-                        sent,
-                    )
-                    .await
-                }
-                (false, true) => {
-                    send_sse(
-                        session,
-                        responses::completion_chunks(&answer, usage),
-                        call.settings,
-                        decorate,
-                        sent,
-                    )
-                    .await
-                }
-                (true, false) => {
-                    send_json(
-                        session,
-                        200,
-                        to_bytes(&responses::chat_completion(&answer)),
-                        decorate,
-                        sent,
-                    )
-                    .await
-                }
-                (false, false) => {
-                    send_json(
-                        session,
-                        200,
-                        to_bytes(&responses::text_completion(&answer)),
-                        decorate,
-                        sent,
-                    )
-                    .await
-                }
+                (true, true) => Reply::Events(responses::chat_chunks(&answer, usage)),
+                (false, true) => Reply::Events(responses::completion_chunks(&answer, usage)),
+                (true, false) => ok(responses::chat_completion(&answer)),
+                (false, false) => ok(responses::text_completion(&answer)),
             }
         }
         EndpointGroup::Embeddings => {
             match responses::embeddings(call.model, &input, call.settings.embedding_dimensions) {
-                Ok(v) => send_json(session, 200, to_bytes(&v), decorate, sent).await,
-                Err(msg) => {
-                    let body = error_json(
+                Ok(v) => ok(v),
+                Err(msg) => Reply::Json {
+                    status: 400,
+                    body: error_json(
                         &msg,
                         "invalid_request_error",
                         Some("input"),
                         "invalid_input",
-                    );
-                    send_json(session, 400, body, decorate, sent).await
-                }
+                    ),
+                },
             }
         }
         other => {
             let msg = format!("The mock provider does not implement the `{other}` endpoint.");
-            let body = error_json(&msg, "invalid_request_error", None, "unknown_endpoint");
-            send_json(session, 404, body, decorate, sent).await
+            Reply::Json {
+                status: 404,
+                body: error_json(&msg, "invalid_request_error", None, "unknown_endpoint"),
+            }
         }
     }
 }
@@ -205,4 +191,73 @@ async fn send_sse(
     session.write_response_body(Some(done), true).await?;
     sent.bytes += len;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call<'a>(
+        group: &'a EndpointGroup,
+        body: &'a [u8],
+        stream: bool,
+        settings: &'a MockSpec,
+    ) -> MockCall<'a> {
+        MockCall {
+            group,
+            body,
+            model: "mock-small",
+            stream,
+            settings,
+            request_id: "rid",
+        }
+    }
+
+    #[test]
+    fn replies_by_endpoint_and_stream() {
+        let settings = MockSpec::default();
+        let chat = EndpointGroup::Chat;
+        let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
+        let Reply::Json {
+            status: 200,
+            body: json,
+        } = reply(&call(&chat, body, false, &settings), 1)
+        else {
+            panic!("a chat completion");
+        };
+        let v: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["model"], "mock-small");
+        assert_eq!(v["id"], "chatcmpl-mock-rid");
+        let Reply::Events(events) = reply(&call(&chat, body, true, &settings), 1) else {
+            panic!("a stream");
+        };
+        assert!(events.len() > 1);
+        assert!(
+            events.iter().all(|e| e["usage"].is_null()),
+            "no usage unless asked"
+        );
+
+        let speech = EndpointGroup::Custom("speech".into());
+        let Reply::Json { status, body } = reply(&call(&speech, body, false, &settings), 1) else {
+            panic!("an error");
+        };
+        assert_eq!(status, 404);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "unknown_endpoint");
+    }
+
+    #[test]
+    fn bad_embedding_input_is_a_400_naming_the_input() {
+        let settings = MockSpec::default();
+        let g = EndpointGroup::Embeddings;
+        let Reply::Json { status, body } =
+            reply(&call(&g, br#"{"input":42}"#, false, &settings), 1)
+        else {
+            panic!("an error");
+        };
+        assert_eq!(status, 400);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["param"], "input");
+    }
 }
