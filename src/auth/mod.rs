@@ -288,25 +288,11 @@ fn compile_jwt(
     auth: &AuthSection,
     errors: &mut ConfigErrors,
 ) -> Option<jwt::JwtVerifier> {
-    let file = &config.file;
     if auth.jwt.is_none() && !auth.test_tokens {
         return None;
     }
-    let default_jwt = crate::config::JwtSection {
-        algorithms: vec!["HS256".into()],
-        hmac_secret: None,
-        public_keys: Vec::new(),
-        jwks_file: None,
-        jwks_url: None,
-        jwks_refresh_seconds: 300,
-        issuer: None,
-        audience: None,
-        leeway_seconds: 30,
-        subject_claim: "sub".into(),
-        roles_claim: "roles".into(),
-        cache_entries: 10_000,
-    };
-    let j = auth.jwt.as_ref().unwrap_or(&default_jwt);
+    let test_only = test_tokens_jwt();
+    let j = auth.jwt.as_ref().unwrap_or(&test_only);
     let mut algorithms: Vec<Algorithm> = j
         .algorithms
         .iter()
@@ -314,65 +300,25 @@ fn compile_jwt(
         .collect();
     let mut keys = Vec::new();
     if let Some(secret) = j.hmac_secret.as_deref().filter(|s| !s.is_empty()) {
-        keys.push(Arc::new(keys::VerifyKey::configured(
-            jsonwebtoken::AlgorithmFamily::Hmac,
-            jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
-        )));
+        keys.push(hmac_key(secret));
     }
     if auth.test_tokens {
-        keys.push(Arc::new(keys::VerifyKey::configured(
-            jsonwebtoken::AlgorithmFamily::Hmac,
-            jsonwebtoken::DecodingKey::from_secret(dev_token::DEV_SECRET.as_bytes()),
-        )));
+        keys.push(hmac_key(dev_token::DEV_SECRET));
         if !algorithms.contains(&Algorithm::HS256) {
             algorithms.push(Algorithm::HS256);
         }
     }
-    for (i, p) in j.public_keys.iter().enumerate() {
-        let path = config.resolve_path(p);
-        match std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| keys::from_pem(&pem))
-        {
-            Ok(k) => keys.push(Arc::new(k)),
-            Err(msg) => errors.push(ConfigError::new(
-                file,
-                format!("auth.jwt.public_keys[{i}]"),
-                format!("{}: {msg}", path.display()),
-            )),
-        }
-    }
+    keys.extend(pem_keys(config, &j.public_keys, errors));
     if let Some(p) = &j.jwks_file {
-        let path = config.resolve_path(p);
-        match std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| keys::from_jwks(&t))
-        {
-            Ok((ks, _)) if !ks.is_empty() => keys.extend(ks.into_iter().map(Arc::new)),
-            Ok(_) => errors.push(ConfigError::new(
-                file,
-                "auth.jwt.jwks_file",
-                "no usable signing key in the JWKS",
-            )),
-            Err(msg) => errors.push(ConfigError::new(
-                file,
-                "auth.jwt.jwks_file",
-                format!("{}: {msg}", path.display()),
-            )),
-        }
+        keys.extend(jwks_file_keys(config, p, errors));
     }
-    let jwks_url = match &j.jwks_url {
-        Some(url) => {
-            match jwks::JwksUrl::new(url, std::time::Duration::from_secs(j.jwks_refresh_seconds)) {
-                Ok(u) => Some(Arc::new(u)),
-                Err(msg) => {
-                    errors.push(ConfigError::new(file, "auth.jwt.jwks_url", msg));
-                    None
-                }
-            }
-        }
-        None => None,
-    };
+    let jwks_url = j.jwks_url.as_ref().and_then(|url| {
+        let refresh = std::time::Duration::from_secs(j.jwks_refresh_seconds);
+        jwks::JwksUrl::new(url, refresh)
+            .map(Arc::new)
+            .map_err(|msg| errors.push(ConfigError::new(&config.file, "auth.jwt.jwks_url", msg)))
+            .ok()
+    });
     let list =
         |v: &Option<crate::config::OneOrMany>| v.as_ref().map(|o| o.0.clone()).unwrap_or_default();
     Some(jwt::JwtVerifier::new(jwt::JwtSettings {
@@ -386,4 +332,80 @@ fn compile_jwt(
         roles_claim: j.roles_claim.clone(),
         cache_entries: j.cache_entries,
     }))
+}
+
+/// The JWT settings when `auth.test_tokens` is on without an `auth.jwt` section: the
+/// development tokens only (HS256, standard claims).
+fn test_tokens_jwt() -> crate::config::JwtSection {
+    crate::config::JwtSection {
+        algorithms: vec!["HS256".into()],
+        hmac_secret: None,
+        public_keys: Vec::new(),
+        jwks_file: None,
+        jwks_url: None,
+        jwks_refresh_seconds: 300,
+        issuer: None,
+        audience: None,
+        leeway_seconds: 30,
+        subject_claim: "sub".into(),
+        roles_claim: "roles".into(),
+        cache_entries: 10_000,
+    }
+}
+
+fn hmac_key(secret: &str) -> Arc<keys::VerifyKey> {
+    Arc::new(keys::VerifyKey::configured(
+        jsonwebtoken::AlgorithmFamily::Hmac,
+        jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+    ))
+}
+
+/// `auth.jwt.public_keys`: each PEM file's key, or an error naming its index.
+fn pem_keys(
+    config: &Config,
+    files: &[std::path::PathBuf],
+    errors: &mut ConfigErrors,
+) -> Vec<Arc<keys::VerifyKey>> {
+    let mut found = Vec::new();
+    for (i, p) in files.iter().enumerate() {
+        let path = config.resolve_path(p);
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| keys::from_pem(&pem))
+        {
+            Ok(k) => found.push(Arc::new(k)),
+            Err(msg) => errors.push(ConfigError::new(
+                &config.file,
+                format!("auth.jwt.public_keys[{i}]"),
+                format!("{}: {msg}", path.display()),
+            )),
+        }
+    }
+    found
+}
+
+/// `auth.jwt.jwks_file`: its signing keys; a file without one is an error.
+fn jwks_file_keys(
+    config: &Config,
+    file: &std::path::Path,
+    errors: &mut ConfigErrors,
+) -> Vec<Arc<keys::VerifyKey>> {
+    let path = config.resolve_path(file);
+    let field = "auth.jwt.jwks_file";
+    match std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| keys::from_jwks(&t))
+    {
+        Ok((ks, _)) if !ks.is_empty() => ks.into_iter().map(Arc::new).collect(),
+        Ok(_) => {
+            let msg = "no usable signing key in the JWKS";
+            errors.push(ConfigError::new(&config.file, field, msg));
+            Vec::new()
+        }
+        Err(msg) => {
+            let msg = format!("{}: {msg}", path.display());
+            errors.push(ConfigError::new(&config.file, field, msg));
+            Vec::new()
+        }
+    }
 }
