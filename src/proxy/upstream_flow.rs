@@ -7,9 +7,11 @@ use super::errors::GatewayError;
 use super::headers;
 use super::model_field;
 use crate::upstream::peer::http_peer;
+use crate::upstream::provider::ProviderKey;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The peer for the next attempt (the first was chosen while routing).
@@ -148,22 +150,28 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
             if status < 500 {
                 a.backend.record_latency(a.started.elapsed());
             }
-            headers::scrub_response(resp);
-            if status >= 500 {
-                // Final: the gateway retried already; SDK retries would multiply its attempts.
-                let _ = resp.insert_header("x-should-retry", "false");
-            }
             // Only error bodies are scrubbed: the ring's secrets are not copied for the rest.
             let secrets = if status >= 400 {
                 provider.keys.secrets()
             } else {
                 Vec::new()
             };
-            ctx.response.start(resp, secrets);
-            ctx.decorate(resp);
+            deliver(ctx, resp, secrets);
             Ok(())
         }
     }
+}
+
+/// The provider's response goes to the client: scrubbed, watched, tagged with the gateway's
+/// headers. `secrets` are removed from an error body.
+fn deliver(ctx: &mut RequestCtx, resp: &mut ResponseHeader, secrets: Vec<Arc<ProviderKey>>) {
+    headers::scrub_response(resp);
+    if resp.status.is_server_error() {
+        // Final: the gateway retried already; SDK retries would multiply its attempts.
+        let _ = resp.insert_header("x-should-retry", "false");
+    }
+    ctx.response.start(resp, secrets);
+    ctx.decorate(resp);
 }
 
 /// Asks Pingora to try again (it then calls `upstream_peer`, which picks the next attempt).
