@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod mock;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod signals;
