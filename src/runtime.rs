@@ -8,7 +8,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, ConfigErrors, Mode, ProviderKind};
 use crate::endpoints::{self, EndpointGroup};
 use crate::registry::ModelIdx;
-use crate::registry::{ProviderId, Registry, Rendered};
+use crate::registry::{ProviderIdx, Registry, Rendered};
 use crate::upstream::breaker::BreakerPolicy;
 use crate::upstream::endpoint::Endpoint;
 use crate::upstream::health::ProviderProbe;
@@ -38,7 +38,7 @@ pub struct Runtime {
     pub auth: Authenticator,
     pub trusted_proxies: TrustedProxies,
     /// The mock that answers `X-Test-Mode: true` (development only).
-    pub test_mock: Option<ProviderId>,
+    pub test_mock: Option<ProviderIdx>,
     /// `/metrics` is served on the main listener.
     pub metrics_on_main: bool,
     /// Model lists per role set: the caller sees only what it may use.
@@ -59,11 +59,11 @@ impl Runtime {
         let mut errors = ConfigErrors::default();
         let mut warnings = config.warnings.clone();
         let mut providers = Vec::with_capacity(config.providers.len());
-        let mut index: HashMap<&str, ProviderId> = HashMap::new();
+        let mut index: HashMap<&str, ProviderIdx> = HashMap::new();
 
         for (i, (name, spec)) in config.providers.iter().enumerate() {
-            let id = ProviderId(i);
-            index.insert(name.as_str(), id);
+            let idx = ProviderIdx(i);
+            index.insert(name.as_str(), idx);
             let path = format!("providers.{name}");
             let name: Arc<str> = Arc::from(name.as_str());
 
@@ -183,7 +183,7 @@ impl Runtime {
                 }
             };
             providers.push(Provider {
-                id,
+                idx,
                 name,
                 kind: spec.kind,
                 keys,
@@ -222,11 +222,11 @@ impl Runtime {
             providers
                 .iter()
                 .find(|p| p.kind == ProviderKind::Mock)
-                .map(|p| p.id)
+                .map(|p| p.idx)
                 .unwrap_or_else(|| {
-                    let id = ProviderId(providers.len());
-                    providers.push(Provider::builtin_mock(id));
-                    id
+                    let idx = ProviderIdx(providers.len());
+                    providers.push(Provider::builtin_mock(idx));
+                    idx
                 })
         });
 
@@ -277,7 +277,7 @@ impl Runtime {
             .or_else(|| self.extra_paths.get(path).cloned())
     }
 
-    pub fn provider(&self, id: ProviderId) -> &Provider {
+    pub fn provider(&self, id: ProviderIdx) -> &Provider {
         &self.providers[id.0]
     }
 

@@ -9,7 +9,7 @@
 //! Backends behind an open breaker, unhealthy or already tried are never picked.
 
 use super::errors::GatewayError;
-use crate::registry::{ProviderId, Target};
+use crate::registry::{ProviderIdx, Target};
 use crate::runtime::Runtime;
 use crate::upstream::breaker::{Admission, Ticket};
 use crate::upstream::keys::KeyPick;
@@ -28,7 +28,7 @@ const NO_BACKEND_RETRY_AFTER: u64 = 5;
 pub struct Attempt {
     /// Index into `Plan::targets`.
     pub target: usize,
-    pub provider: ProviderId,
+    pub provider: ProviderIdx,
     pub backend: Arc<BackendState>,
     /// The key index in the provider's ring and the key; `None` for a keyless provider.
     pub key: Option<(usize, Arc<ProviderKey>)>,
@@ -46,8 +46,8 @@ pub struct Plan {
     pub made: u32,
     max_attempts: u32,
     deadline: Instant,
-    tried_backends: Vec<(ProviderId, SocketAddr)>,
-    tried_keys: Vec<(ProviderId, usize)>,
+    tried_backends: Vec<(ProviderIdx, SocketAddr)>,
+    tried_keys: Vec<(ProviderIdx, usize)>,
     /// A key of the current target was refused since the last spent attempt.
     key_trouble: bool,
     /// When a rate-limited key comes back, the soonest across providers (`Some`: a provider was
@@ -235,7 +235,7 @@ impl Plan {
     }
 
     /// Keys of `provider` this request already tried.
-    fn tried_keys_of(&self, provider: ProviderId) -> Vec<usize> {
+    fn tried_keys_of(&self, provider: ProviderIdx) -> Vec<usize> {
         self.tried_keys
             .iter()
             .filter(|(p, _)| *p == provider)
@@ -244,7 +244,7 @@ impl Plan {
     }
 
     /// Backends of `provider` this request already tried.
-    fn tried_backends_of(&self, provider: ProviderId) -> Vec<SocketAddr> {
+    fn tried_backends_of(&self, provider: ProviderIdx) -> Vec<SocketAddr> {
         self.tried_backends
             .iter()
             .filter(|(p, _)| *p == provider)

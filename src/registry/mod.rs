@@ -12,9 +12,10 @@ use crate::upstream::timeouts::Timeouts;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Index of a provider in `Runtime::providers`.
+/// Position of a provider in `Runtime::providers`: valid within one compiled configuration only
+/// (a provider's stable id across reloads is its name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ProviderId(pub usize);
+pub struct ProviderIdx(pub usize);
 
 /// Index of a model in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,7 +24,7 @@ pub struct ModelIdx(pub usize);
 /// Where a model is served: a provider and the model name that provider expects.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub provider: ProviderId,
+    pub provider: ProviderIdx,
     pub provider_name: Arc<str>,
     pub upstream_model: Arc<str>,
     /// The provider's timeouts with this model's overrides applied.
@@ -60,8 +61,8 @@ impl Registry {
     /// `timeouts` resolves a target's timeouts from its provider and the model's overrides.
     pub fn build(
         config: &Config,
-        provider_index: &HashMap<&str, ProviderId>,
-        timeouts: impl Fn(ProviderId, Option<&crate::config::TimeoutsSpec>) -> Timeouts,
+        provider_index: &HashMap<&str, ProviderIdx>,
+        timeouts: impl Fn(ProviderIdx, Option<&crate::config::TimeoutsSpec>) -> Timeouts,
     ) -> Registry {
         let mut models = Vec::with_capacity(config.models.len());
         let mut by_name = HashMap::new();

@@ -4,7 +4,7 @@ use super::keys::KeyRing;
 use super::pool::Pool;
 use super::tls::CaList;
 use crate::config::{KeyAffinity, MockSpec, ProviderKind, RetrySpec};
-use crate::registry::ProviderId;
+use crate::registry::ProviderIdx;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use std::sync::Arc;
@@ -99,7 +99,8 @@ impl RequestAuth {
 /// The compiled provider.
 #[derive(Debug)]
 pub struct Provider {
-    pub id: ProviderId,
+    /// Its position in `Runtime::providers` (not stable across reloads: the name is).
+    pub idx: ProviderIdx,
     pub name: Arc<str>,
     pub kind: ProviderKind,
     pub keys: Arc<KeyRing>,
@@ -113,9 +114,9 @@ pub struct Provider {
 
 impl Provider {
     /// The mock that answers `X-Test-Mode` requests when the configuration has none.
-    pub fn builtin_mock(id: ProviderId) -> Provider {
+    pub fn builtin_mock(idx: ProviderIdx) -> Provider {
         Provider {
-            id,
+            idx,
             name: Arc::from("test-mode"),
             kind: ProviderKind::Mock,
             keys: Arc::new(KeyRing::new(ProviderKind::Mock, KeyAffinity::None, Vec::new()).0),

@@ -12,7 +12,7 @@ use crate::proxy::attempts::Plan;
 use crate::proxy::body::ReadBody;
 use crate::proxy::errors::GatewayError;
 use crate::proxy::model_field::{self, ProbeError};
-use crate::registry::{Model, ProviderId, Target};
+use crate::registry::{Model, ProviderIdx, Target};
 use crate::runtime::Runtime;
 use crate::upstream::timeouts::Timeouts;
 use bytes::Bytes;
@@ -220,7 +220,7 @@ fn mock_first_in_line<'m>(rt: &Runtime, model: &'m Model) -> Option<&'m Target> 
 /// `X-Test-Mode: true` (development): the mock answers, whatever the model.
 fn test_mode_route(
     rt: &Runtime,
-    mock: ProviderId,
+    mock: ProviderIdx,
     group: &EndpointGroup,
     model: &str,
     stream: bool,
