@@ -8,7 +8,7 @@ mod sse;
 
 pub use sse::error_event as sse_error_event;
 
-use crate::upstream::provider::ProviderKey;
+use crate::upstream::keys::ProviderKey;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use scrub::{Collected, ErrorBody};

@@ -1,7 +1,7 @@
 //! Provider error bodies that echo a key (`Incorrect API key provided: sk-...`): collected while
 //! they pass (error bodies are small) and scrubbed before they reach the client or a log.
 
-use crate::upstream::provider::ProviderKey;
+use crate::upstream::keys::ProviderKey;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
