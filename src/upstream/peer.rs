@@ -12,7 +12,7 @@ pub fn http_peer(b: &BackendState, ca: Option<&CaList>, t: &Timeouts) -> HttpPee
     peer.options.connection_timeout = Some(t.connect);
     peer.options.total_connection_timeout = Some(t.connect * 2);
     // Pingora 0.9 has one read timeout for the first byte and for each later gap; the
-    // gateway's own timers (`timed_stream`) enforce each limit precisely.
+    // gateway's own per-attempt timers (`proxy::timers`) enforce each limit precisely.
     peer.options.read_timeout = Some(t.first_byte.max(t.between_chunks));
     peer.options.write_timeout = Some(t.between_chunks);
     peer.options.alpn = ALPN::H1;

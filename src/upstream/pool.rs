@@ -1,90 +1,24 @@
-//! One Pingora `LoadBalancer` per provider, fed by a DNS service discovery so that a request
-//! never resolves a name (`HttpPeer::new` with a host name does blocking DNS and panics on
-//! failure in Pingora 0.9). Each backend carries its `BackendState` (breaker, health, latency) in
-//! `Backend.ext`, kept across re-resolutions, so selection reads it without a lookup. The
-//! upstream manager (`upstream::manager`) refreshes DNS and runs the health checks.
+//! A provider's pool: one Pingora `LoadBalancer` (round robin, random or consistent) over the
+//! backends its discovery (`discovery`) finds, and selection that skips what must not get
+//! traffic (unhealthy, not yet checked, breaker open, already tried by the request). Each
+//! backend carries its `BackendState` (`backend`) in `Backend.ext`. The upstream manager
+//! (`upstream::manager`) refreshes DNS and runs the health checks.
 
-use super::breaker::{Breaker, BreakerPolicy};
+pub use super::backend::BackendState;
+
+use super::breaker::BreakerPolicy;
+use super::discovery::DnsDiscovery;
 use super::endpoint::Endpoint;
 use crate::config::Strategy;
-use async_trait::async_trait;
-use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::HealthCheck;
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
-use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
-use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::time::Instant;
-
-/// How long one DNS lookup may take before the last known addresses are kept.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the gateway knows about one backend (one address of one endpoint).
-#[derive(Debug)]
-pub struct BackendState {
-    pub addr: SocketAddr,
-    pub endpoint: Arc<Endpoint>,
-    pub breaker: Arc<Breaker>,
-    /// Passed a health check since it appeared (always true when checks are off): new backends
-    /// get no traffic before that.
-    checked: AtomicBool,
-    /// Exponentially weighted latency of responses, in microseconds (0: none yet).
-    latency_us: AtomicU64,
-    last_error: parking_lot::Mutex<Option<(String, SystemTime)>>,
-}
-
-impl BackendState {
-    fn new(
-        addr: SocketAddr,
-        endpoint: Arc<Endpoint>,
-        policy: BreakerPolicy,
-        checked: bool,
-    ) -> BackendState {
-        BackendState {
-            addr,
-            endpoint,
-            breaker: Arc::new(Breaker::new(policy)),
-            checked: AtomicBool::new(checked),
-            latency_us: AtomicU64::new(0),
-            last_error: parking_lot::Mutex::new(None),
-        }
-    }
-
-    pub fn mark_checked(&self) {
-        self.checked.store(true, Ordering::Release);
-    }
-
-    pub fn checked(&self) -> bool {
-        self.checked.load(Ordering::Acquire)
-    }
-
-    /// Records a response latency (EWMA, weight 1/8).
-    pub fn record_latency(&self, d: Duration) {
-        let us = d.as_micros().min(u64::MAX as u128) as u64;
-        let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
-        self.latency_us.store(new.max(1), Ordering::Relaxed);
-    }
-
-    pub fn latency(&self) -> Option<Duration> {
-        match self.latency_us.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
-    }
-
-    pub fn record_error(&self, what: impl Into<String>) {
-        *self.last_error.lock() = Some((what.into(), SystemTime::now()));
-    }
-
-    pub fn last_error(&self) -> Option<(String, SystemTime)> {
-        self.last_error.lock().clone()
-    }
-}
 
 enum Balancer {
     RoundRobin(LoadBalancer<RoundRobin>),
@@ -267,118 +201,6 @@ impl Pool {
         let b = with_lb!(&self.lb, l => l.select_with(key, 256, accept))?;
         b.ext.get::<Arc<BackendState>>().cloned()
     }
-}
-
-struct DnsDiscovery {
-    provider: Arc<str>,
-    endpoints: Vec<Arc<Endpoint>>,
-    /// Whether endpoint weights count (`round_robin` ignores them).
-    weighted: bool,
-    breaker: BreakerPolicy,
-    checked_initially: bool,
-    /// Last successful resolution per endpoint, kept when a later lookup fails.
-    last: parking_lot::Mutex<Vec<Vec<SocketAddr>>>,
-    /// Backend state by address, kept across re-resolutions (and so across DNS changes).
-    states: parking_lot::Mutex<HashMap<(usize, SocketAddr), Arc<BackendState>>>,
-}
-
-#[async_trait]
-impl ServiceDiscovery for DnsDiscovery {
-    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let mut backends = BTreeSet::new();
-        let mut live = Vec::new();
-        // All names at once: one slow or black-holed name must not use up the time the others
-        // (and the start-up budget) need.
-        let mut lookups = tokio::task::JoinSet::new();
-        for (i, ep) in self.endpoints.iter().enumerate() {
-            if ep.ip.is_none() {
-                let (host, port) = (ep.host.clone(), ep.port);
-                lookups.spawn(async move { (i, resolve(&host, port).await) });
-            }
-        }
-        let mut resolved: Vec<Option<std::io::Result<Vec<SocketAddr>>>> =
-            (0..self.endpoints.len()).map(|_| None).collect();
-        while let Some(done) = lookups.join_next().await {
-            if let Ok((i, r)) = done {
-                resolved[i] = Some(r);
-            }
-        }
-        for (i, ep) in self.endpoints.iter().enumerate() {
-            let addrs = match ep.ip {
-                Some(ip) => vec![SocketAddr::new(ip, ep.port)],
-                None => match resolved[i]
-                    .take()
-                    .unwrap_or_else(|| Err(std::io::Error::other("DNS lookup task failed")))
-                {
-                    Ok(a) if !a.is_empty() => {
-                        self.last.lock()[i] = a.clone();
-                        a
-                    }
-                    Ok(_) | Err(_) => {
-                        let kept = self.last.lock()[i].clone();
-                        tracing::warn!(
-                            provider = %self.provider,
-                            host = %ep.host,
-                            kept = kept.len(),
-                            "DNS lookup failed; keeping the last known addresses"
-                        );
-                        kept
-                    }
-                },
-            };
-            for addr in addrs {
-                live.push((i, addr));
-                let state = self
-                    .states
-                    .lock()
-                    .entry((i, addr))
-                    .or_insert_with(|| {
-                        Arc::new(BackendState::new(
-                            addr,
-                            ep.clone(),
-                            self.breaker,
-                            self.checked_initially,
-                        ))
-                    })
-                    .clone();
-                let mut ext = http::Extensions::new();
-                ext.insert(state);
-                let fresh = backends.insert(Backend {
-                    addr: PingoraAddr::Inet(addr),
-                    weight: if self.weighted { ep.weight } else { 1 },
-                    ext,
-                });
-                // Pingora's Backend identity is address + weight: a second endpoint on the same
-                // address would silently lose its Host, SNI and path.
-                if !fresh {
-                    tracing::warn!(
-                        provider = %self.provider,
-                        url = %ep.url,
-                        %addr,
-                        "two endpoints of this provider resolve to the same address and weight; only the first is used"
-                    );
-                }
-            }
-        }
-        self.states.lock().retain(|k, _| live.contains(k));
-        Ok((backends, HashMap::new()))
-    }
-}
-
-/// Resolves without blocking a worker. IPv4 addresses are preferred when a name has both, so
-/// that a host without IPv6 routes (or `localhost` with a v4-only server) is not half broken.
-async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    let lookup = tokio::net::lookup_host((host, port));
-    let all: Vec<SocketAddr> = tokio::time::timeout(LOOKUP_TIMEOUT, lookup)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "DNS lookup timed out"))??
-        .collect();
-    let v4: Vec<SocketAddr> = all
-        .iter()
-        .copied()
-        .filter(|a| matches!(a.ip(), IpAddr::V4(_)))
-        .collect();
-    Ok(if v4.is_empty() { all } else { v4 })
 }
 
 #[cfg(test)]
