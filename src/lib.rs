@@ -17,5 +17,7 @@ pub mod runtime;
 pub mod server;
 pub mod signals;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod time;
 pub mod upstream;

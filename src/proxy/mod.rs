@@ -30,8 +30,6 @@ mod provider_health;
 mod respond;
 mod response_body;
 mod subrequest;
-#[cfg(test)]
-mod test_support;
 mod timers;
 mod upstream_flow;
 

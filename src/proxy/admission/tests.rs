@@ -4,7 +4,7 @@
 use super::route::{route, Caller, Outcome, Routing};
 use super::*;
 use crate::proxy::body::ReadBody;
-use crate::proxy::test_support::{caller, resolved_runtime, runtime};
+use crate::test_support::{caller, resolved_runtime, runtime};
 use bytes::Bytes;
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! that cost nothing until a provider runs out, and the final error.
 
 use super::*;
-use crate::proxy::test_support::resolved_runtime;
+use crate::test_support::resolved_runtime;
 use http::HeaderMap;
 
 const CONFIG: &str = r#"
@@ -227,7 +227,7 @@ async fn could_continue_sees_what_is_left() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unresolved_model_has_no_healthy_upstream() {
-    let rt = crate::proxy::test_support::runtime(CONFIG);
+    let rt = crate::test_support::runtime(CONFIG);
     let now = Instant::now();
     let mut p = plan(&rt, now);
     assert_eq!(

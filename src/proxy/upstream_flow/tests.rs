@@ -5,8 +5,8 @@
 use super::*;
 use crate::proxy::admission::route::Route;
 use crate::proxy::attempts::Plan;
-use crate::proxy::test_support::resolved_runtime;
 use crate::runtime::Runtime;
+use crate::test_support::resolved_runtime;
 use std::sync::Arc;
 
 const CONFIG: &str = r#"

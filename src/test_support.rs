@@ -1,4 +1,4 @@
-//! Test helpers for the proxy's decisions: a compiled `Runtime` from inline YAML (its pools
+//! Test helpers for decisions that need a compiled configuration: a compiled `Runtime` from inline YAML (its pools
 //! resolved from IP literals, so no network), and callers with given roles.
 
 use crate::auth::rbac::Access;
