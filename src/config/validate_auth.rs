@@ -2,19 +2,33 @@
 //! unsafe settings (all listed at once, each naming its field).
 
 use super::error::ConfigError;
-use super::{Config, Mode, ProviderKind};
+use super::{AuthSection, Config, JwtSection, Mode, ProviderKind};
 use crate::auth::dev_token::DEV_SECRET;
 use crate::auth::rbac::{KNOWN_GROUPS, MAX_ROLES};
 use crate::auth::{api_key, client_addr::TrustedProxies};
 use crate::upstream::endpoint::Endpoint;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::str::FromStr;
 
 /// Shortest HMAC secret production accepts (RFC 7518 3.2: at least the hash size).
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 
 pub fn validate_auth(c: &Config, errors: &mut Vec<ConfigError>) {
+    validate_observability(c, errors);
+    let Some(auth) = &c.auth else { return };
+    let file = c.file.as_path();
+    validate_roles(c, auth, errors);
+    validate_api_keys(file, auth, errors);
+    if let Some(j) = &auth.jwt {
+        validate_jwt_keys(file, j, auth.test_tokens, errors);
+        validate_jwt_claims(file, j, errors);
+    }
+}
+
+/// `server.trusted_proxies`, `audit` and `metrics`.
+fn validate_observability(c: &Config, errors: &mut Vec<ConfigError>) {
     let file = c.file.as_path();
     if let Err((i, msg)) = TrustedProxies::parse(&c.server.trusted_proxies) {
         errors.push(ConfigError::new(
@@ -42,8 +56,11 @@ pub fn validate_auth(c: &Config, errors: &mut Vec<ConfigError>) {
             errors.push(ConfigError::new(file, "metrics.listen", "expected IP:PORT"));
         }
     }
-    let Some(auth) = &c.auth else { return };
+}
 
+/// `auth.roles`: how many, and the endpoint groups and model patterns they grant.
+fn validate_roles(c: &Config, auth: &AuthSection, errors: &mut Vec<ConfigError>) {
+    let file = c.file.as_path();
     let extra_groups: HashSet<String> = c
         .server
         .extra_paths
@@ -82,7 +99,10 @@ pub fn validate_auth(c: &Config, errors: &mut Vec<ConfigError>) {
             }
         }
     }
+}
 
+/// `auth.api_keys`: unique ids and digests, known roles, readable expiry times.
+fn validate_api_keys(file: &Path, auth: &AuthSection, errors: &mut Vec<ConfigError>) {
     let mut ids = HashSet::new();
     let mut digests = HashSet::new();
     for (i, k) in auth.api_keys.iter().enumerate() {
@@ -139,102 +159,113 @@ pub fn validate_auth(c: &Config, errors: &mut Vec<ConfigError>) {
             }
         }
     }
+}
 
-    if let Some(j) = &auth.jwt {
-        if j.algorithms.is_empty() {
+/// `auth.jwt`'s algorithms and keys: every listed algorithm known, and at least one with a key
+/// to verify it (otherwise every token would be refused with `bad_signature`).
+fn validate_jwt_keys(
+    file: &Path,
+    j: &JwtSection,
+    test_tokens: bool,
+    errors: &mut Vec<ConfigError>,
+) {
+    if j.algorithms.is_empty() {
+        errors.push(ConfigError::new(
+            file,
+            "auth.jwt.algorithms",
+            "must list at least one algorithm",
+        ));
+    }
+    for (i, a) in j.algorithms.iter().enumerate() {
+        if jsonwebtoken::Algorithm::from_str(a).is_err() {
+            errors.push(ConfigError::new(
+                file,
+                format!("auth.jwt.algorithms[{i}]"),
+                "expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",
+            ));
+        }
+    }
+    let has_hmac = j.hmac_secret.as_deref().is_some_and(|s| !s.is_empty());
+    let has_public = !j.public_keys.is_empty() || j.jwks_file.is_some() || j.jwks_url.is_some();
+    if !has_hmac && !has_public && !test_tokens {
+        errors.push(ConfigError::new(
+            file,
+            "auth.jwt",
+            "no key to verify tokens with: set hmac_secret, public_keys, jwks_file or jwks_url",
+        ));
+    } else if !test_tokens {
+        // Every token would be refused with bad_signature: say so now.
+        let usable = j
+            .algorithms
+            .iter()
+            .filter_map(|a| jsonwebtoken::Algorithm::from_str(a).ok())
+            .any(|a| {
+                if a.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+                    has_hmac
+                } else {
+                    has_public
+                }
+            });
+        if !usable && !j.algorithms.is_empty() {
             errors.push(ConfigError::new(
                 file,
                 "auth.jwt.algorithms",
-                "must list at least one algorithm",
+                "no listed algorithm has a key: HS* need hmac_secret; RS*, PS*, ES* and EdDSA need public_keys, jwks_file or jwks_url",
             ));
         }
-        for (i, a) in j.algorithms.iter().enumerate() {
-            if jsonwebtoken::Algorithm::from_str(a).is_err() {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("auth.jwt.algorithms[{i}]"),
-                    "expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",
-                ));
-            }
-        }
-        let has_hmac = j.hmac_secret.as_deref().is_some_and(|s| !s.is_empty());
-        let has_public = !j.public_keys.is_empty() || j.jwks_file.is_some() || j.jwks_url.is_some();
-        if !has_hmac && !has_public && !auth.test_tokens {
-            errors.push(ConfigError::new(
-                file,
-                "auth.jwt",
-                "no key to verify tokens with: set hmac_secret, public_keys, jwks_file or jwks_url",
-            ));
-        } else if !auth.test_tokens {
-            // Every token would be refused with bad_signature: say so now.
-            let usable = j
-                .algorithms
-                .iter()
-                .filter_map(|a| jsonwebtoken::Algorithm::from_str(a).ok())
-                .any(|a| {
-                    if a.family() == jsonwebtoken::AlgorithmFamily::Hmac {
-                        has_hmac
-                    } else {
-                        has_public
-                    }
-                });
-            if !usable && !j.algorithms.is_empty() {
-                errors.push(ConfigError::new(
-                    file,
-                    "auth.jwt.algorithms",
-                    "no listed algorithm has a key: HS* need hmac_secret; RS*, PS*, ES* and EdDSA need public_keys, jwks_file or jwks_url",
-                ));
-            }
-        }
-        // An empty list would switch the check off; an empty value would refuse every token.
-        for (field, v) in [("issuer", &j.issuer), ("audience", &j.audience)] {
-            if let Some(list) = v {
-                if list.0.is_empty() || list.0.iter().any(|s| s.trim().is_empty()) {
-                    errors.push(ConfigError::new(
-                        file,
-                        format!("auth.jwt.{field}"),
-                        "must not be empty (leave it out to not check it)",
-                    ));
-                }
-            }
-        }
-        if let Some(u) = &j.jwks_url {
-            if !(u.starts_with("https://") || u.starts_with("http://"))
-                || u.parse::<http::Uri>().is_err()
-            {
-                errors.push(ConfigError::new(
-                    file,
-                    "auth.jwt.jwks_url",
-                    "expected an http:// or https:// URL",
-                ));
-            }
-        }
-        if j.jwks_refresh_seconds < 10 {
-            errors.push(ConfigError::new(
-                file,
-                "auth.jwt.jwks_refresh_seconds",
-                "must be at least 10",
-            ));
-        }
-        for (field, v) in [
-            ("subject_claim", &j.subject_claim),
-            ("roles_claim", &j.roles_claim),
-        ] {
-            if v.is_empty() || v.split('.').any(str::is_empty) {
+    }
+}
+
+/// `auth.jwt`'s claims and refresh settings.
+fn validate_jwt_claims(file: &Path, j: &JwtSection, errors: &mut Vec<ConfigError>) {
+    // An empty list would switch the check off; an empty value would refuse every token.
+    for (field, v) in [("issuer", &j.issuer), ("audience", &j.audience)] {
+        if let Some(list) = v {
+            if list.0.is_empty() || list.0.iter().any(|s| s.trim().is_empty()) {
                 errors.push(ConfigError::new(
                     file,
                     format!("auth.jwt.{field}"),
-                    "expected a claim name or a dotted path",
+                    "must not be empty (leave it out to not check it)",
                 ));
             }
         }
-        if j.cache_entries == 0 {
+    }
+    if let Some(u) = &j.jwks_url {
+        if !(u.starts_with("https://") || u.starts_with("http://"))
+            || u.parse::<http::Uri>().is_err()
+        {
             errors.push(ConfigError::new(
                 file,
-                "auth.jwt.cache_entries",
-                "must be at least 1",
+                "auth.jwt.jwks_url",
+                "expected an http:// or https:// URL",
             ));
         }
+    }
+    if j.jwks_refresh_seconds < 10 {
+        errors.push(ConfigError::new(
+            file,
+            "auth.jwt.jwks_refresh_seconds",
+            "must be at least 10",
+        ));
+    }
+    for (field, v) in [
+        ("subject_claim", &j.subject_claim),
+        ("roles_claim", &j.roles_claim),
+    ] {
+        if v.is_empty() || v.split('.').any(str::is_empty) {
+            errors.push(ConfigError::new(
+                file,
+                format!("auth.jwt.{field}"),
+                "expected a claim name or a dotted path",
+            ));
+        }
+    }
+    if j.cache_entries == 0 {
+        errors.push(ConfigError::new(
+            file,
+            "auth.jwt.cache_entries",
+            "must be at least 1",
+        ));
     }
 }
 
@@ -251,7 +282,19 @@ pub fn validate_production(c: &Config, errors: &mut Vec<ConfigError>) {
             format!("production mode refuses this: {why}"),
         ));
     };
-    match &c.auth {
+    refuse_unsafe_auth(c.auth.as_ref(), &mut refuse);
+    refuse_unsafe_providers(c, &mut refuse);
+    if c.metrics.enabled && c.metrics.listen.is_none() && !c.metrics.public {
+        refuse(
+            "metrics".into(),
+            "/metrics would be public on the main listener: set `metrics.listen` to an internal address, or `metrics.public: true`",
+        );
+    }
+}
+
+/// Production refusals of `auth`: none, test tokens, keys over plain HTTP, weak secrets.
+fn refuse_unsafe_auth(auth: Option<&AuthSection>, refuse: &mut impl FnMut(String, &str)) {
+    match auth {
         None => refuse(
             "auth".into(),
             "no authentication is configured (add `auth` with jwt and/or api_keys)",
@@ -298,6 +341,10 @@ pub fn validate_production(c: &Config, errors: &mut Vec<ConfigError>) {
             }
         }
     }
+}
+
+/// Production refusals of providers: mocks, empty keys, https by IP without `sni`.
+fn refuse_unsafe_providers(c: &Config, refuse: &mut impl FnMut(String, &str)) {
     for (name, p) in &c.providers {
         if p.kind == ProviderKind::Mock {
             refuse(
@@ -323,11 +370,5 @@ pub fn validate_production(c: &Config, errors: &mut Vec<ConfigError>) {
                 }
             }
         }
-    }
-    if c.metrics.enabled && c.metrics.listen.is_none() && !c.metrics.public {
-        refuse(
-            "metrics".into(),
-            "/metrics would be public on the main listener: set `metrics.listen` to an internal address, or `metrics.public: true`",
-        );
     }
 }
