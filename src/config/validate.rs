@@ -2,7 +2,7 @@
 //! URLs. Pure: no file or network access (that happens when the runtime is compiled).
 
 use super::error::ConfigError;
-use super::{Config, ProviderKind, TimeoutsSpec};
+use super::{Config, ExtraPath, ModelSpec, ProviderKind, ProviderSpec, TimeoutsSpec};
 use crate::endpoints;
 use crate::upstream::endpoint::Endpoint;
 use std::collections::{HashMap, HashSet};
@@ -33,170 +33,210 @@ pub fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
                 "provider names may use letters, digits, `-`, `_` and `.`",
             ));
         }
-        if p.kind == ProviderKind::Mock {
-            if !p.endpoints.is_empty() {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{path}.endpoints"),
-                    "a mock provider takes no endpoints",
-                ));
-            }
-            if !p.keys.is_empty() {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{path}.keys"),
-                    "a mock provider takes no keys",
-                ));
-            }
-            if let Some(m) = &p.mock {
-                if !(0.0..=1.0).contains(&m.failure_rate) {
-                    errors.push(ConfigError::new(
-                        file,
-                        format!("{path}.mock.failure_rate"),
-                        "must be between 0.0 and 1.0",
-                    ));
-                }
-                if m.embedding_dimensions == 0 || m.embedding_dimensions > 16384 {
-                    errors.push(ConfigError::new(
-                        file,
-                        format!("{path}.mock.embedding_dimensions"),
-                        "must be between 1 and 16384",
-                    ));
-                }
-            }
-        } else {
-            if p.endpoints.is_empty() {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{path}.endpoints"),
-                    "at least one endpoint URL is required",
-                ));
-            }
-            if p.mock.is_some() {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{path}.mock"),
-                    "only applies to providers of kind `mock`",
-                ));
-            }
-        }
-        for (i, e) in p.endpoints.iter().enumerate() {
-            if let Err(msg) = Endpoint::parse(e) {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{path}.endpoints[{i}]"),
-                    format!("invalid endpoint URL: {msg}"),
-                ));
-            }
-        }
-        let mut key_ids = HashSet::new();
-        for (i, k) in p.keys.iter().enumerate() {
-            let kp = format!("{path}.keys[{i}]");
-            if k.id.trim().is_empty() {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{kp}.id"),
-                    "must not be empty",
-                ));
-            } else if !key_ids.insert(k.id.as_str()) {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{kp}.id"),
-                    "duplicate key id in this provider",
-                ));
-            }
-            match (&k.value, &k.file) {
-                (Some(_), Some(_)) => errors.push(ConfigError::new(
-                    file,
-                    &kp,
-                    "set `value` or `file`, not both",
-                )),
-                (None, None) => errors.push(ConfigError::new(
-                    file,
-                    &kp,
-                    "set `value` (usually `${ENV_VAR}`) or `file`",
-                )),
-                _ => {}
-            }
-        }
-        for h in p.headers.keys() {
-            let lower = h.to_ascii_lowercase();
-            if MANAGED_HEADERS.contains(&lower.as_str()) {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{path}.headers.{h}"),
-                    "is set by the gateway and cannot be configured",
-                ));
-            } else if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{path}.headers.{h}"),
-                    "is not a valid header name",
-                ));
-            }
-        }
-        for (h, v) in &p.headers {
-            if http::HeaderValue::from_str(v).is_err() {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{path}.headers.{h}"),
-                    "value is not a valid header value",
-                ));
-            }
-        }
-        if p.dns_refresh_seconds == Some(0) {
-            errors.push(ConfigError::new(
-                file,
-                format!("{path}.dns_refresh_seconds"),
-                "must be at least 1",
-            ));
-        }
-        validate_timeouts(&p.timeouts, file, &format!("{path}.timeouts"), errors);
-        let hc = &p.health_check;
-        let mut positive = |field: &str, ok: bool| {
-            if !ok {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{path}.{field}"),
-                    "must be at least 1",
-                ));
-            }
-        };
-        positive("health_check.interval_seconds", hc.interval_seconds >= 1);
-        positive("health_check.timeout_ms", hc.timeout_ms >= 1);
-        positive("health_check.healthy_after", hc.healthy_after >= 1);
-        positive("health_check.unhealthy_after", hc.unhealthy_after >= 1);
-        positive(
-            "breaker.consecutive_failures",
-            p.breaker.consecutive_failures >= 1,
-        );
-        positive("breaker.open_seconds", p.breaker.open_seconds >= 1);
-        positive("retry.deadline_ms", p.retry.deadline_ms >= 1);
-        if !hc.path.starts_with('/') {
-            errors.push(ConfigError::new(
-                file,
-                format!("{path}.health_check.path"),
-                "must start with /",
-            ));
-        }
-        if p.breaker.max_open_seconds < p.breaker.open_seconds {
-            errors.push(ConfigError::new(
-                file,
-                format!("{path}.breaker.max_open_seconds"),
-                "must be at least open_seconds",
-            ));
-        }
-        if !(1..=10).contains(&p.retry.max_attempts) {
-            errors.push(ConfigError::new(
-                file,
-                format!("{path}.retry.max_attempts"),
-                "must be between 1 and 10",
-            ));
-        }
+        validate_provider_kind(file, &path, p, errors);
+        validate_endpoints_and_keys(file, &path, p, errors);
+        validate_provider_headers(file, &path, p, errors);
+        validate_pool_settings(file, &path, p, errors);
     }
     validate_models(c, errors);
     super::validate_auth::validate_auth(c, errors);
     super::validate_auth::validate_production(c, errors);
+}
+
+/// What a `mock` provider takes (no endpoints, no keys, its `mock` settings) and what others need.
+fn validate_provider_kind(
+    file: &Path,
+    path: &str,
+    p: &ProviderSpec,
+    errors: &mut Vec<ConfigError>,
+) {
+    if p.kind == ProviderKind::Mock {
+        if !p.endpoints.is_empty() {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.endpoints"),
+                "a mock provider takes no endpoints",
+            ));
+        }
+        if !p.keys.is_empty() {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.keys"),
+                "a mock provider takes no keys",
+            ));
+        }
+        if let Some(m) = &p.mock {
+            if !(0.0..=1.0).contains(&m.failure_rate) {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("{path}.mock.failure_rate"),
+                    "must be between 0.0 and 1.0",
+                ));
+            }
+            if m.embedding_dimensions == 0 || m.embedding_dimensions > 16384 {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("{path}.mock.embedding_dimensions"),
+                    "must be between 1 and 16384",
+                ));
+            }
+        }
+    } else {
+        if p.endpoints.is_empty() {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.endpoints"),
+                "at least one endpoint URL is required",
+            ));
+        }
+        if p.mock.is_some() {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.mock"),
+                "only applies to providers of kind `mock`",
+            ));
+        }
+    }
+}
+
+/// Endpoint URLs, and key ids (unique, each with `value` or `file`).
+fn validate_endpoints_and_keys(
+    file: &Path,
+    path: &str,
+    p: &ProviderSpec,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (i, e) in p.endpoints.iter().enumerate() {
+        if let Err(msg) = Endpoint::parse(e) {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.endpoints[{i}]"),
+                format!("invalid endpoint URL: {msg}"),
+            ));
+        }
+    }
+    let mut key_ids = HashSet::new();
+    for (i, k) in p.keys.iter().enumerate() {
+        let kp = format!("{path}.keys[{i}]");
+        if k.id.trim().is_empty() {
+            errors.push(ConfigError::new(
+                file,
+                format!("{kp}.id"),
+                "must not be empty",
+            ));
+        } else if !key_ids.insert(k.id.as_str()) {
+            errors.push(ConfigError::new(
+                file,
+                format!("{kp}.id"),
+                "duplicate key id in this provider",
+            ));
+        }
+        match (&k.value, &k.file) {
+            (Some(_), Some(_)) => errors.push(ConfigError::new(
+                file,
+                &kp,
+                "set `value` or `file`, not both",
+            )),
+            (None, None) => errors.push(ConfigError::new(
+                file,
+                &kp,
+                "set `value` (usually `${ENV_VAR}`) or `file`",
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// `headers`: valid names and values, none the gateway sets itself.
+fn validate_provider_headers(
+    file: &Path,
+    path: &str,
+    p: &ProviderSpec,
+    errors: &mut Vec<ConfigError>,
+) {
+    for h in p.headers.keys() {
+        let lower = h.to_ascii_lowercase();
+        if MANAGED_HEADERS.contains(&lower.as_str()) {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.headers.{h}"),
+                "is set by the gateway and cannot be configured",
+            ));
+        } else if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.headers.{h}"),
+                "is not a valid header name",
+            ));
+        }
+    }
+    for (h, v) in &p.headers {
+        if http::HeaderValue::from_str(v).is_err() {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.headers.{h}"),
+                "value is not a valid header value",
+            ));
+        }
+    }
+}
+
+/// DNS refresh, timeouts, health checks, breaker and retry settings.
+fn validate_pool_settings(
+    file: &Path,
+    path: &str,
+    p: &ProviderSpec,
+    errors: &mut Vec<ConfigError>,
+) {
+    if p.dns_refresh_seconds == Some(0) {
+        errors.push(ConfigError::new(
+            file,
+            format!("{path}.dns_refresh_seconds"),
+            "must be at least 1",
+        ));
+    }
+    validate_timeouts(&p.timeouts, file, &format!("{path}.timeouts"), errors);
+    let hc = &p.health_check;
+    let mut positive = |field: &str, ok: bool| {
+        if !ok {
+            errors.push(ConfigError::new(
+                file,
+                format!("{path}.{field}"),
+                "must be at least 1",
+            ));
+        }
+    };
+    positive("health_check.interval_seconds", hc.interval_seconds >= 1);
+    positive("health_check.timeout_ms", hc.timeout_ms >= 1);
+    positive("health_check.healthy_after", hc.healthy_after >= 1);
+    positive("health_check.unhealthy_after", hc.unhealthy_after >= 1);
+    positive(
+        "breaker.consecutive_failures",
+        p.breaker.consecutive_failures >= 1,
+    );
+    positive("breaker.open_seconds", p.breaker.open_seconds >= 1);
+    positive("retry.deadline_ms", p.retry.deadline_ms >= 1);
+    if !hc.path.starts_with('/') {
+        errors.push(ConfigError::new(
+            file,
+            format!("{path}.health_check.path"),
+            "must start with /",
+        ));
+    }
+    if p.breaker.max_open_seconds < p.breaker.open_seconds {
+        errors.push(ConfigError::new(
+            file,
+            format!("{path}.breaker.max_open_seconds"),
+            "must be at least open_seconds",
+        ));
+    }
+    if !(1..=10).contains(&p.retry.max_attempts) {
+        errors.push(ConfigError::new(
+            file,
+            format!("{path}.retry.max_attempts"),
+            "must be between 1 and 10",
+        ));
+    }
 }
 
 fn validate_server(c: &Config, errors: &mut Vec<ConfigError>) {
@@ -230,8 +270,14 @@ fn validate_server(c: &Config, errors: &mut Vec<ConfigError>) {
             "must be at least 1",
         ));
     }
+    validate_extra_paths(file, &s.extra_paths, errors);
+    validate_logging(c, errors);
+}
+
+/// `server.extra_paths`: normalised paths under `/v1/`, not already served, listed once.
+fn validate_extra_paths(file: &Path, extra: &[ExtraPath], errors: &mut Vec<ConfigError>) {
     let mut seen = HashSet::new();
-    for (i, x) in s.extra_paths.iter().enumerate() {
+    for (i, x) in extra.iter().enumerate() {
         let p = format!("server.extra_paths[{i}]");
         match endpoints::normalize(&x.path) {
             Some(n) if n == x.path && n.starts_with("/v1/") => {
@@ -271,6 +317,10 @@ fn validate_server(c: &Config, errors: &mut Vec<ConfigError>) {
             }
         }
     }
+}
+
+fn validate_logging(c: &Config, errors: &mut Vec<ConfigError>) {
+    let file = c.file.as_path();
     if !matches!(
         c.logging.level.as_str(),
         "trace" | "debug" | "info" | "warn" | "error"
@@ -330,45 +380,7 @@ fn validate_models(c: &Config, errors: &mut Vec<ConfigError>) {
                 names.insert(a, (file, ap));
             }
         }
-        if s.targets.is_empty() {
-            errors.push(ConfigError::new(
-                file,
-                format!("{p}.targets"),
-                "at least one target is required",
-            ));
-        }
-        for (i, t) in s.targets.iter().enumerate() {
-            if !c.providers.contains_key(&t.provider) {
-                errors.push(ConfigError::new(
-                    file,
-                    format!("{p}.targets[{i}].provider"),
-                    format!("no provider named `{}` in providers", t.provider),
-                ));
-            }
-            if let Some(up) = &t.model {
-                if !valid_model_name(up) {
-                    errors.push(ConfigError::new(
-                        file,
-                        format!("{p}.targets[{i}].model"),
-                        "must be non-empty without spaces or control characters",
-                    ));
-                }
-            }
-        }
-        if let Some(pr) = &s.pricing {
-            for (field, v) in [
-                ("input_per_million", pr.input_per_million),
-                ("output_per_million", pr.output_per_million),
-            ] {
-                if !v.is_finite() || v < 0.0 {
-                    errors.push(ConfigError::new(
-                        file,
-                        format!("{p}.pricing.{field}"),
-                        "must be a non-negative number",
-                    ));
-                }
-            }
-        }
+        validate_targets_and_pricing(c, file, p, s, errors);
         if let Some(t) = &s.timeouts {
             validate_timeouts(t, file, &format!("{p}.timeouts"), errors);
         }
@@ -417,4 +429,53 @@ fn valid_name(s: &str) -> bool {
 
 fn valid_model_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// A model's targets (at least one, each naming a provider) and its prices.
+fn validate_targets_and_pricing(
+    c: &Config,
+    file: &Path,
+    p: &str,
+    s: &ModelSpec,
+    errors: &mut Vec<ConfigError>,
+) {
+    if s.targets.is_empty() {
+        errors.push(ConfigError::new(
+            file,
+            format!("{p}.targets"),
+            "at least one target is required",
+        ));
+    }
+    for (i, t) in s.targets.iter().enumerate() {
+        if !c.providers.contains_key(&t.provider) {
+            errors.push(ConfigError::new(
+                file,
+                format!("{p}.targets[{i}].provider"),
+                format!("no provider named `{}` in providers", t.provider),
+            ));
+        }
+        if let Some(up) = &t.model {
+            if !valid_model_name(up) {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("{p}.targets[{i}].model"),
+                    "must be non-empty without spaces or control characters",
+                ));
+            }
+        }
+    }
+    if let Some(pr) = &s.pricing {
+        for (field, v) in [
+            ("input_per_million", pr.input_per_million),
+            ("output_per_million", pr.output_per_million),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("{p}.pricing.{field}"),
+                    "must be a non-negative number",
+                ));
+            }
+        }
+    }
 }
