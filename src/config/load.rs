@@ -67,74 +67,132 @@ fn load_inner(
     let Some(mut top) = parse_mapping(text, file, &mut errors) else {
         return Err(ConfigErrors(errors));
     };
-
+    let mut sources = vec![file.to_path_buf()];
     // env_files are read before interpolation and are not interpolated themselves.
     let env_files: Vec<PathBuf> = top
         .remove("env_files")
         .and_then(|v| de(v, file, "env_files", &mut errors))
         .unwrap_or_default();
-    let mut file_vars: HashMap<String, String> = HashMap::new();
+    let mut file_vars = HashMap::new();
     for (i, f) in env_files.iter().enumerate() {
-        let p = if f.is_absolute() {
-            f.clone()
-        } else {
-            base_dir.join(f)
-        };
-        match read(&p) {
-            Ok(t) => match env_file::parse(&t) {
-                Ok(vars) => file_vars.extend(vars),
-                Err(msg) => errors.push(ConfigError::new(file, format!("env_files[{i}]"), msg)),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                warnings.push(format!("env file {} not found; skipped", p.display()))
-            }
-            Err(e) => errors.push(ConfigError::new(
-                file,
-                format!("env_files[{i}]"),
-                format!("cannot read {}: {e}", p.display()),
-            )),
+        let p = resolve(base_dir, f);
+        let field = format!("env_files[{i}]");
+        if let Some(vars) = read_env_file(&p, file, &field, read, &mut errors, &mut warnings) {
+            file_vars.extend(vars);
         }
+        sources.push(p);
     }
     let lookup = |name: &str| env(name).or_else(|| file_vars.get(name).cloned());
 
     let mut top_value = Value::Mapping(top);
     interpolate_tree(&mut top_value, "", file, &lookup, &mut errors);
     let Value::Mapping(top) = top_value else {
-        unreachable!("interpolation keeps the value's shape")
+        // Interpolation replaces strings in place: the mapping stays a mapping.
+        errors.push(ConfigError::new(file, "", "expected a mapping of sections"));
+        return Err(ConfigErrors(errors));
     };
-
-    let mut mode = Mode::default();
-    let mut server = ServerSection::default();
-    let mut logging = LoggingSection::default();
-    let mut auth = None;
-    let mut audit = AuditSection::default();
-    let mut metrics = MetricsSection::default();
-    let mut providers = BTreeMap::new();
-    let mut models = Vec::new();
-    let mut default_model = None;
-    let mut models_file: Option<PathBuf> = None;
-
+    let mut s = Sections::default();
     for (key, value) in top {
-        let Some(key) = key.as_str().map(str::to_string) else {
-            errors.push(ConfigError::new(file, "", "top-level keys must be strings"));
-            continue;
-        };
         match key.as_str() {
-            "mode" => mode = de(value, file, "mode", &mut errors).unwrap_or_default(),
-            "server" => server = de(value, file, "server", &mut errors).unwrap_or_default(),
-            "logging" => logging = de(value, file, "logging", &mut errors).unwrap_or_default(),
-            "auth" => auth = de::<Option<AuthSection>>(value, file, "auth", &mut errors).flatten(),
-            "audit" => audit = de(value, file, "audit", &mut errors).unwrap_or_default(),
-            "metrics" => metrics = de(value, file, "metrics", &mut errors).unwrap_or_default(),
-            "providers" => providers = load_providers(value, file, &mut errors),
+            Some(key) => s.read(key, value, file, &mut errors),
+            None => errors.push(ConfigError::new(file, "", "top-level keys must be strings")),
+        }
+    }
+    if let Some(mf) = s.models_file.take() {
+        let path = resolve(base_dir, &mf);
+        s.read_models_file(&path, file, read, &lookup, &mut errors);
+        sources.push(path);
+    }
+    let config = Config {
+        file: file.to_path_buf(),
+        base_dir: base_dir.to_path_buf(),
+        sources,
+        mode: s.mode,
+        server: s.server,
+        logging: s.logging,
+        auth: s.auth,
+        audit: s.audit,
+        metrics: s.metrics,
+        providers: s.providers,
+        models: s.models,
+        default_model: s.default_model,
+        warnings,
+    };
+    validate::validate(&config, &mut errors);
+    ConfigErrors(errors).into_result(config)
+}
+
+/// A path from the configuration, relative to its directory.
+fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+/// One env file's variables. A missing file is a warning (it is optional); an unreadable or
+/// malformed one an error at `field`.
+fn read_env_file(
+    p: &Path,
+    file: &Path,
+    field: &str,
+    read: Reader<'_>,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<String>,
+) -> Option<HashMap<String, String>> {
+    match read(p) {
+        Ok(t) => env_file::parse(&t)
+            .map_err(|msg| errors.push(ConfigError::new(file, field, msg)))
+            .ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            warnings.push(format!("env file {} not found; skipped", p.display()));
+            None
+        }
+        Err(e) => {
+            let msg = format!("cannot read {}: {e}", p.display());
+            errors.push(ConfigError::new(file, field, msg));
+            None
+        }
+    }
+}
+
+/// The top-level sections as they are read, each with its default until the file sets it.
+#[derive(Default)]
+struct Sections {
+    mode: Mode,
+    server: ServerSection,
+    logging: LoggingSection,
+    auth: Option<AuthSection>,
+    audit: AuditSection,
+    metrics: MetricsSection,
+    providers: BTreeMap<String, ProviderSpec>,
+    models: Vec<LoadedModel>,
+    default_model: Option<String>,
+    models_file: Option<PathBuf>,
+}
+
+impl Sections {
+    /// Reads one top-level section; a section with errors keeps its default.
+    fn read(&mut self, key: &str, value: Value, file: &Path, errors: &mut Vec<ConfigError>) {
+        match key {
+            "mode" => self.mode = de(value, file, "mode", errors).unwrap_or_default(),
+            "server" => self.server = de(value, file, "server", errors).unwrap_or_default(),
+            "logging" => self.logging = de(value, file, "logging", errors).unwrap_or_default(),
+            "auth" => self.auth = de::<Option<AuthSection>>(value, file, "auth", errors).flatten(),
+            "audit" => self.audit = de(value, file, "audit", errors).unwrap_or_default(),
+            "metrics" => self.metrics = de(value, file, "metrics", errors).unwrap_or_default(),
+            "providers" => self.providers = load_providers(value, file, errors),
             "models_file" => {
-                models_file =
-                    de::<Option<PathBuf>>(value, file, "models_file", &mut errors).flatten()
+                self.models_file =
+                    de::<Option<PathBuf>>(value, file, "models_file", errors).flatten()
             }
-            "models" => models.extend(load_models(value, file, "models", &mut errors)),
+            "models" => self
+                .models
+                .extend(load_models(value, file, "models", errors)),
             "default_model" => {
-                default_model =
-                    de::<Option<String>>(value, file, "default_model", &mut errors).flatten()
+                self.default_model =
+                    de::<Option<String>>(value, file, "default_model", errors).flatten()
             }
             other => errors.push(ConfigError::new(
                 file,
@@ -144,51 +202,36 @@ fn load_inner(
         }
     }
 
-    if let Some(mf) = models_file {
-        let path = if mf.is_absolute() {
-            mf
-        } else {
-            base_dir.join(mf)
-        };
-        match read(&path) {
-            Ok(text) => {
-                let (m, d) = load_models_file(&text, &path, &lookup, &mut errors);
-                models.extend(m);
-                if d.is_some() {
-                    if default_model.is_some() {
-                        errors.push(ConfigError::new(
-                            &path,
-                            "default_model",
-                            "also set in the main configuration; set it in one place",
-                        ));
-                    }
-                    default_model = d;
-                }
+    /// The models file's models (and its `default_model`, which may be set in one place only).
+    fn read_models_file(
+        &mut self,
+        path: &Path,
+        file: &Path,
+        read: Reader<'_>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        let text = match read(path) {
+            Ok(text) => text,
+            Err(e) => {
+                let msg = format!("cannot read {}: {e}", path.display());
+                errors.push(ConfigError::new(file, "models_file", msg));
+                return;
             }
-            Err(e) => errors.push(ConfigError::new(
-                file,
-                "models_file",
-                format!("cannot read {}: {e}", path.display()),
-            )),
+        };
+        let (m, d) = load_models_file(&text, path, lookup, errors);
+        self.models.extend(m);
+        if d.is_some() {
+            if self.default_model.is_some() {
+                errors.push(ConfigError::new(
+                    path,
+                    "default_model",
+                    "also set in the main configuration; set it in one place",
+                ));
+            }
+            self.default_model = d;
         }
     }
-
-    let config = Config {
-        file: file.to_path_buf(),
-        base_dir: base_dir.to_path_buf(),
-        mode,
-        server,
-        logging,
-        auth,
-        audit,
-        metrics,
-        providers,
-        models,
-        default_model,
-        warnings,
-    };
-    validate::validate(&config, &mut errors);
-    ConfigErrors(errors).into_result(config)
 }
 
 fn parse_mapping(text: &str, file: &Path, errors: &mut Vec<ConfigError>) -> Option<Mapping> {

@@ -26,6 +26,9 @@ pub struct Config {
     pub file: PathBuf,
     /// Directory relative paths in the configuration are resolved against: the main file's.
     pub base_dir: PathBuf,
+    /// Every file this configuration was read from: the main file, its env files (whether or
+    /// not they exist) and its models file. A reload watches them.
+    pub sources: Vec<PathBuf>,
     pub mode: Mode,
     pub server: ServerSection,
     pub logging: LoggingSection,

@@ -292,7 +292,8 @@ impl Default for BreakerSpec {
 pub struct RetrySpec {
     /// Attempts in all (the first one included), across backends and targets. Default 3.
     pub max_attempts: u32,
-    /// No new attempt starts later than this after the request arrived. Default 600000.
+    /// No new attempt starts later than this after the request was routed (its body read and
+    /// its model resolved: a slow upload does not eat into it). Default 600000.
     pub deadline_ms: u64,
 }
 

@@ -39,6 +39,7 @@ impl Runtime {
         let Config {
             file: _,
             base_dir: _,
+            sources: _,
             mode,
             server,
             logging: _,

@@ -1,5 +1,5 @@
 use super::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -333,5 +333,32 @@ models: [{ id: a, targets: [{ provider: q }] }]
             "providers.q.breaker.max_open_seconds",
             "providers.q.retry.max_attempts",
         ]
+    );
+}
+
+#[test]
+fn the_files_a_configuration_came_from_are_listed_for_the_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("models.yaml"),
+        "models:\n  - { id: m1, targets: [{ provider: local }] }\n",
+    )
+    .unwrap();
+    let main = dir.path().join("ultra.yaml");
+    std::fs::write(
+        &main,
+        "env_files: [.env.keys, /nonexistent/.env]\nproviders:\n  local: { kind: mock }\nmodels_file: models.yaml\n",
+    )
+    .unwrap();
+    let c = load(&main, &no_env).unwrap();
+    assert_eq!(
+        c.sources,
+        [
+            main.clone(),
+            dir.path().join(".env.keys"),
+            PathBuf::from("/nonexistent/.env"),
+            dir.path().join("models.yaml"),
+        ],
+        "missing env files too: creating one is a change"
     );
 }
