@@ -1,5 +1,4 @@
-//! The `auth:`, `audit:` and `metrics:` sections of the schema (key names are the public
-//! contract of DESIGN.md).
+//! The `auth:` section of the schema (key names are the public contract of DESIGN.md).
 
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -150,59 +149,4 @@ pub struct RoleSpec {
     /// usage, admin, a `server.extra_paths` group, or `*`.
     #[serde(default)]
     pub endpoints: Vec<String>,
-}
-
-/// `audit:` the audit log of authentication and authorization decisions.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditSection {
-    /// `stdout` (default), `stderr`, or a file path (appended; reopened on SIGUSR1).
-    pub path: String,
-    /// When the queue to the writer is full: `drop` (default: the line is lost, counted in
-    /// `ultra_audit_dropped_total` and logged) or `reject` (requests get 503 until there is room).
-    pub on_overflow: AuditOverflow,
-    /// Lines the queue holds. Default 16384.
-    pub queue_lines: usize,
-}
-
-impl Default for AuditSection {
-    fn default() -> Self {
-        AuditSection {
-            path: "stdout".into(),
-            on_overflow: AuditOverflow::Drop,
-            queue_lines: 16 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditOverflow {
-    #[default]
-    Drop,
-    Reject,
-}
-
-/// `metrics:` the Prometheus endpoint.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsSection {
-    /// Serve `/metrics`. Default true.
-    pub enabled: bool,
-    /// A separate `IP:PORT` for `/metrics`; `null` (default) serves it on the main listener.
-    pub listen: Option<String>,
-    /// `/metrics` needs no credentials (Prometheus scrapers carry none), so on the main listener
-    /// it is public. Production refuses that unless this is explicitly true; or set `listen` to
-    /// an internal address. Default false.
-    pub public: bool,
-}
-
-impl Default for MetricsSection {
-    fn default() -> Self {
-        MetricsSection {
-            enabled: true,
-            listen: None,
-            public: false,
-        }
-    }
 }

@@ -4,6 +4,7 @@
 use super::auth::*;
 use super::error::{join_path, ConfigError, ConfigErrors};
 use super::interpolate::interpolate_tree;
+use super::observability::*;
 use super::schema::*;
 use super::{env_file, validate, Config, LoadedModel};
 use serde::de::DeserializeOwned;

@@ -7,6 +7,7 @@ pub mod env_file;
 pub mod error;
 pub mod interpolate;
 mod load;
+mod observability;
 pub mod schema;
 mod validate;
 mod validate_auth;
@@ -14,6 +15,7 @@ mod validate_auth;
 pub use auth::*;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_str, load_with, Reader};
+pub use observability::*;
 pub use schema::*;
 
 use std::collections::BTreeMap;
