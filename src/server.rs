@@ -33,89 +33,25 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
     for w in &warnings {
         tracing::warn!("{w}");
     }
-
-    // Resolve every provider before accepting traffic, so /ready is true from the first request
-    // when providers resolve. A failure here is not fatal: the manager keeps trying.
     let init_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    init_rt.block_on(async {
-        // The identity provider's keys too; if it is down the gateway starts anyway and JWT
-        // callers get 503 until the manager's next refresh succeeds.
-        let jwks = async {
-            if let Some(j) = runtime.auth.jwks_url() {
-                j.refresh().await;
-            }
-        };
-        let both = async {
-            tokio::join!(manager::refresh_all(&runtime), jwks);
-        };
-        let _ = tokio::time::timeout(FIRST_RESOLUTION_TIMEOUT, both).await;
-        // A first health pass, so that traffic only goes to backends that answered.
-        let _ = tokio::time::timeout(FIRST_RESOLUTION_TIMEOUT, manager::check_all(&runtime)).await;
-    });
+    init_rt.block_on(warm_up(&runtime));
     drop(init_rt);
 
-    let listen = listen_override.unwrap_or(&config.server.listen);
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|_| format!("invalid listen address `{listen}`: expected IP:PORT"))?;
-    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("cannot configure the listener: {e}"))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let (listener, bound) = bind(listen_override.unwrap_or(&config.server.listen))?;
     if config.auth.as_ref().is_some_and(|a| a.test_tokens) && !bound.ip().is_loopback() {
         tracing::warn!(
             listen = %bound,
             "auth.test_tokens is on and the gateway listens beyond loopback: the development secret is public, so anyone who can reach this address can mint tokens with any role"
         );
     }
-
-    let access_dest = match config.logging.access_log.as_str() {
-        d @ ("stdout" | "stderr" | "off") => d.to_string(),
-        path => config
-            .resolve_path(std::path::Path::new(path))
-            .display()
-            .to_string(),
-    };
     let metrics = Arc::new(Metrics::new());
-    let m = metrics.clone();
-    let access_log = LineSink::open(&access_dest, "ultra-access-log")
-        .map_err(|e| format!("cannot open access log {access_dest}: {e}"))?
-        .on_drop(Arc::new(move || m.access_log_dropped.inc()));
-    let audit_dest = match config.audit.path.as_str() {
-        d @ ("stdout" | "stderr") => d.to_string(),
-        path => config
-            .resolve_path(std::path::Path::new(path))
-            .display()
-            .to_string(),
-    };
-    let m = metrics.clone();
-    let audit_sink =
-        LineSink::open_with_queue(&audit_dest, "ultra-audit-log", config.audit.queue_lines)
-            .map_err(|e| format!("cannot open audit log {audit_dest}: {e}"))?
-            .on_drop(Arc::new(move || m.audit_dropped.inc()));
-    signals.reopen_on_usr1(access_log.clone());
-    signals.reopen_on_usr1(audit_sink.clone());
-    let audit = AuditLog::new(audit_sink, config.audit.on_overflow);
+    let (access_log, audit) = open_logs(&config, &metrics, signals)?;
 
-    let conf = ServerConf {
-        threads: config.server.threads,
-        grace_period_seconds: Some(config.server.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
-        // Pingora's cap on upstream round trips per request (16 by default). The gateway's own
-        // plan bounds them (retry.max_attempts, plus one free try per provider key and per
-        // stale pooled connection); this is only a backstop that a large key ring must not hit.
-        max_retries: 256,
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
-
     let models = runtime.registry.models().len();
     let providers = config.providers.len();
     let mode = runtime.mode;
@@ -149,6 +85,88 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
         "ultra-gateway started"
     );
     server.run_forever()
+}
+
+/// Makes a runtime ready for traffic before it takes any: every provider resolved and the
+/// identity provider's keys fetched (at most 10 s for both), then a first health pass (at most
+/// 10 s more), so that `/ready` is true from the first request and traffic only goes to
+/// backends that answered. A failure is not fatal: the manager keeps trying, and JWT callers
+/// get 503 until the JWKS loads.
+pub async fn warm_up(runtime: &Runtime) {
+    let jwks = async {
+        if let Some(j) = runtime.auth.jwks_url() {
+            j.refresh().await;
+        }
+    };
+    let both = async {
+        tokio::join!(manager::refresh_all(runtime), jwks);
+    };
+    let _ = tokio::time::timeout(FIRST_RESOLUTION_TIMEOUT, both).await;
+    let _ = tokio::time::timeout(FIRST_RESOLUTION_TIMEOUT, manager::check_all(runtime)).await;
+}
+
+/// Binds the listening socket (see `PreboundService`).
+fn bind(listen: &str) -> Result<(TcpListener, SocketAddr), String> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("invalid listen address `{listen}`: expected IP:PORT"))?;
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot configure the listener: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    Ok((listener, bound))
+}
+
+/// Opens the access log and the audit log, each on its own writer thread, reopened on SIGUSR1,
+/// their dropped lines counted.
+fn open_logs(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    signals: &Signals,
+) -> Result<(LineSink, AuditLog), String> {
+    let destination = |d: &str, named: &[&str]| {
+        if named.contains(&d) {
+            d.to_string()
+        } else {
+            config
+                .resolve_path(std::path::Path::new(d))
+                .display()
+                .to_string()
+        }
+    };
+    let access_dest = destination(&config.logging.access_log, &["stdout", "stderr", "off"]);
+    let m = metrics.clone();
+    let access_log = LineSink::open(&access_dest, "ultra-access-log")
+        .map_err(|e| format!("cannot open access log {access_dest}: {e}"))?
+        .on_drop(Arc::new(move || m.access_log_dropped.inc()));
+    let audit_dest = destination(&config.audit.path, &["stdout", "stderr"]);
+    let m = metrics.clone();
+    let audit_sink =
+        LineSink::open_with_queue(&audit_dest, "ultra-audit-log", config.audit.queue_lines)
+            .map_err(|e| format!("cannot open audit log {audit_dest}: {e}"))?
+            .on_drop(Arc::new(move || m.audit_dropped.inc()));
+    signals.reopen_on_usr1(access_log.clone());
+    signals.reopen_on_usr1(audit_sink.clone());
+    Ok((
+        access_log,
+        AuditLog::new(audit_sink, config.audit.on_overflow),
+    ))
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
+        // Pingora's cap on upstream round trips per request (16 by default). The gateway's own
+        // plan bounds them (retry.max_attempts, plus one free try per provider key and per
+        // stale pooled connection); this is only a backstop that a large key ring must not hit.
+        max_retries: 256,
+        ..ServerConf::default()
+    }
 }
 
 /// The proxy service, listening on a socket bound before Pingora starts. Binding early gives a
