@@ -78,7 +78,7 @@ async fn audit_lines_describe_each_decision() {
 
 #[tokio::test]
 async fn untrusted_peers_cannot_spoof_their_address() {
-    let gw = start(&auth_config("http://127.0.0.1:9", ""));
+    let gw = start(&auth_config(&dead_url(), ""));
     let r = client()
         .get(gw.url("/v1/models"))
         .header("x-api-key", USER_KEY)
@@ -183,16 +183,11 @@ async fn audit_file_is_reopened_on_sigusr1() {
             .collect()
     };
     let wait_for = |p: std::path::PathBuf, n: usize| async move {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while lines(&p).len() < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} has {} lines",
-                p.display(),
-                lines(&p).len()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let what = format!("{n} lines in {}", p.display());
+        poll_until(&what, secs(10), || async {
+            (lines(&p).len() >= n).then_some(())
+        })
+        .await
     };
     client()
         .get(gw.url("/v1/models"))
@@ -204,17 +199,16 @@ async fn audit_file_is_reopened_on_sigusr1() {
     std::fs::rename(&path, &rotated).unwrap();
     gw.signal("USR1");
     // The writer reopens within its idle check; requests keep succeeding meanwhile.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while lines(&path).is_empty() {
+    poll_until("a new audit file", secs(10), || async {
         client()
             .get(gw.url("/v1/models"))
             .header("x-api-key", USER_KEY)
             .send()
             .await
             .unwrap();
-        assert!(std::time::Instant::now() < deadline, "no new audit file");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        (!lines(&path).is_empty()).then_some(())
+    })
+    .await;
     assert_eq!(lines(&rotated)[0]["key_id"], "billing");
     assert_eq!(lines(&path)[0]["key_id"], "billing");
 }
@@ -241,11 +235,7 @@ async fn flood_until(gw: &TestGateway, stop: impl Fn(u16) -> bool) -> Vec<u16> {
 #[tokio::test]
 async fn full_audit_queue_drops_and_counts_by_default() {
     // Nobody reads stdout: the writer blocks once the pipe is full, then the 1-line queue fills.
-    let cfg = auth_config(
-        "http://127.0.0.1:9",
-        "audit: { path: stdout, queue_lines: 1 }\n",
-    )
-    .replace(
+    let cfg = auth_config(&dead_url(), "audit: { path: stdout, queue_lines: 1 }\n").replace(
         "logging: { level: warn }",
         "logging: { level: warn, access_log: off }",
     );
@@ -289,7 +279,7 @@ async fn full_audit_queue_drops_and_counts_by_default() {
 #[tokio::test]
 async fn full_audit_queue_rejects_when_configured() {
     let cfg = auth_config(
-        "http://127.0.0.1:9",
+        &dead_url(),
         "audit: { path: stdout, queue_lines: 1, on_overflow: reject }\n",
     )
     .replace(

@@ -91,36 +91,12 @@ async fn model_lists_and_suggestions_show_only_allowed_models() {
             .map(|m| m["id"].as_str().unwrap().to_string())
             .collect()
     };
-    let list: Value = client()
-        .get(gw.url("/v1/models"))
-        .bearer_auth(&user)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = gw.get_json_as("/v1/models", &user).await;
     assert_eq!(ids(list), vec!["gpt-4o-mini", "claude-3-5-sonnet"]);
-    let avail: Value = client()
-        .get(gw.url("/api/available-models"))
-        .bearer_auth(&user)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let avail: Value = gw.get_json_as("/api/available-models", &user).await;
     assert_eq!(ids(avail), vec!["gpt-4o-mini", "claude-3-5-sonnet"]);
     let admin = hs_token("root", &["admin"]);
-    let list: Value = client()
-        .get(gw.url("/v1/models"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = gw.get_json_as("/v1/models", &admin).await;
     assert_eq!(ids(list).len(), 3);
 
     let (status, body) = call(&gw, &user, "/v1/chat/completions", "gpt-4").await;
@@ -131,23 +107,13 @@ async fn model_lists_and_suggestions_show_only_allowed_models() {
         "{msg}"
     );
 
-    let r = client()
-        .get(gw.url("/v1/models/gpt-4o"))
-        .bearer_auth(&user)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get_as("/v1/models/gpt-4o", &user).await;
     assert_eq!(
         r.status(),
         404,
         "a model the caller may not use is not in its catalogue"
     );
-    let r = client()
-        .get(gw.url("/v1/models/gpt-4o"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get_as("/v1/models/gpt-4o", &admin).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -162,12 +128,7 @@ async fn endpoint_groups_apply_to_local_endpoints_too() {
     let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let gw = TestGateway::start_with(&cfg, &files, &[]);
     let t = hs_token("bob", &["chatonly"]);
-    let r = client()
-        .get(gw.url("/v1/models"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get_as("/v1/models", &t).await;
     assert_eq!(r.status(), 403);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let a = gw.audit_entry(&rid).await;

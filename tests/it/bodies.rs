@@ -77,15 +77,10 @@ async fn bodies_of_every_size_arrive_byte_for_byte() {
         assert_eq!(r.header("transfer-encoding"), None);
     }
     // One access-log line per request, chunked ones included.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while gw.access_log().len() < expected.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            gw.access_log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    poll_until("an access-log line per request", secs(10), || async {
+        (gw.access_log().len() >= expected.len()).then_some(())
+    })
+    .await;
     let log = gw.access_log();
     assert_eq!(log.len(), expected.len());
     assert!(log

@@ -133,11 +133,7 @@ async fn provider_401_and_403_become_502_provider_auth_failed() {
 #[tokio::test]
 async fn dead_provider_is_a_fast_503_when_health_checks_saw_it() {
     // A port nothing listens on: the start-up health check finds it down.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let gw = TestGateway::start(&openai_config(&format!("http://{dead}")));
+    let gw = TestGateway::start(&openai_config(&dead_url()));
     let r = gw.chat("gpt-4o").await;
     let (h, _) = expect_error(r, 503, "upstream_error", "no_healthy_upstream").await;
     assert_eq!(h["retry-after"], "5");
@@ -151,11 +147,7 @@ async fn dead_provider_is_a_fast_503_when_health_checks_saw_it() {
 
 #[tokio::test]
 async fn dead_provider_without_health_checks_is_502_bad_upstream_response() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let cfg = openai_config(&format!("http://{dead}")).replace(
+    let cfg = openai_config(&dead_url()).replace(
         "    keys:",
         "    health_check: { enabled: false }\n    keys:",
     );
@@ -171,15 +163,18 @@ async fn dead_provider_without_health_checks_is_502_bad_upstream_response() {
 
 #[tokio::test]
 async fn no_usable_provider_is_503_with_retry_after() {
-    let cfg = "logging: { level: warn }
+    let cfg = format!(
+        "logging: {{ level: warn }}
 providers:
-  p: { kind: openai, endpoints: [http://127.0.0.1:9], keys: [{ id: k, value: '${ULTRA_TEST_UNSET:-}' }] }
-  q: { kind: openai-compatible, endpoints: [http://no-such-host.invalid] }
+  p: {{ kind: openai, endpoints: [{}], keys: [{{ id: k, value: '${{ULTRA_TEST_UNSET:-}}' }}] }}
+  q: {{ kind: openai-compatible, endpoints: [http://no-such-host.invalid] }}
 models:
-  - { id: keyless, targets: [{ provider: p }] }
-  - { id: unresolvable, targets: [{ provider: q }] }
-";
-    let gw = TestGateway::start(cfg);
+  - {{ id: keyless, targets: [{{ provider: p }}] }}
+  - {{ id: unresolvable, targets: [{{ provider: q }}] }}
+",
+        dead_url()
+    );
+    let gw = TestGateway::start(&cfg);
     for model in ["keyless", "unresolvable"] {
         let r = gw.chat(model).await;
         let (h, _) = expect_error(r, 503, "upstream_error", "no_healthy_upstream").await;

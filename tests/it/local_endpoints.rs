@@ -31,7 +31,7 @@ models:
 
 #[tokio::test]
 async fn metrics_on_the_main_listener() {
-    let gw = TestGateway::start(&openai_config("http://127.0.0.1:9"));
+    let gw = TestGateway::start(&openai_config(&dead_url()));
     assert_eq!(gw.get("/health").await.status(), 200);
     let r = gw.get("/metrics").await;
     assert_eq!(r.status(), 200);
@@ -54,7 +54,7 @@ async fn metrics_on_the_main_listener() {
 
 #[tokio::test]
 async fn health_is_ok() {
-    let gw = TestGateway::start(&openai_config("http://127.0.0.1:9"));
+    let gw = TestGateway::start(&openai_config(&dead_url()));
     let r = gw.get("/health").await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("x-request-id"));
@@ -75,12 +75,15 @@ async fn ready_lists_unservable_models_and_stays_ready_while_one_is_servable() {
 
 #[tokio::test]
 async fn not_ready_when_no_model_is_servable() {
-    let cfg = "logging: { level: warn }
+    let cfg = format!(
+        "logging: {{ level: warn }}
 providers:
-  dead: { kind: openai, endpoints: [http://127.0.0.1:9], keys: [{ id: k, value: '' }] }
-models: [{ id: m, targets: [{ provider: dead }] }]
-";
-    let gw = TestGateway::start(cfg);
+  dead: {{ kind: openai, endpoints: [{}], keys: [{{ id: k, value: '' }}] }}
+models: [{{ id: m, targets: [{{ provider: dead }}] }}]
+",
+        dead_url()
+    );
+    let gw = TestGateway::start(&cfg);
     let r = gw.get("/ready").await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
@@ -198,7 +201,7 @@ async fn available_models_describe_providers_pricing_and_availability() {
 
 #[tokio::test]
 async fn head_and_wrong_methods() {
-    let gw = TestGateway::start(&openai_config("http://127.0.0.1:9"));
+    let gw = TestGateway::start(&openai_config(&dead_url()));
     let r = client().head(gw.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("etag"));
@@ -231,15 +234,7 @@ async fn shipped_default_config_serves_its_models() {
         "the shipped configuration requires credentials"
     );
     let token = gw.token("alice", &["user"]);
-    let v: Value = client()
-        .get(gw.url("/v1/models"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = gw.get_json_as("/v1/models", &token).await;
     let ids: Vec<&str> = v["data"]
         .as_array()
         .unwrap()
@@ -261,20 +256,19 @@ async fn shipped_default_config_serves_its_models() {
 
 #[tokio::test]
 async fn sighup_and_sigusr1_do_not_stop_the_gateway() {
-    let mut gw = TestGateway::start(
-        &openai_config("http://127.0.0.1:9").replace("level: warn", "level: info"),
-    );
+    let mut gw =
+        TestGateway::start(&openai_config(&dead_url()).replace("level: warn", "level: info"));
     gw.signal("HUP");
     gw.signal("USR1");
     // Handled signals leave a log line; a killed process leaves none.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !(gw.all_output().contains("SIGHUP received")
-        && gw.all_output().contains("SIGUSR1 received"))
-    {
-        assert!(!gw.exited(), "the gateway died: {}", gw.all_output());
-        assert!(std::time::Instant::now() < deadline, "{}", gw.all_output());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    poll_until("both signals logged", secs(10), || {
+        let out = gw.all_output();
+        assert!(!gw.exited(), "the gateway died: {out}");
+        async move {
+            (out.contains("SIGHUP received") && out.contains("SIGUSR1 received")).then_some(())
+        }
+    })
+    .await;
     assert!(!gw.exited());
     assert_eq!(gw.get("/health").await.status(), 200);
 }

@@ -7,7 +7,7 @@ use crate::common::*;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,14 +56,6 @@ fn too_many_requests(secs: u64, message: &str) -> Reply {
     }
 }
 
-async fn poll<F: Fn() -> bool>(what: &str, secs: u64, f: F) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn provider_health(gw: &TestGateway) -> Value {
     let v: Value = gw.get("/api/providers/health").await.json().await.unwrap();
     v["providers"][0].clone()
@@ -96,8 +88,8 @@ async fn a_backend_killed_under_load_costs_no_request_started_after_the_kill() {
         }));
     }
     // Kill `a` once traffic flows to both.
-    poll("traffic on both backends", 20, || {
-        a.received().len() >= 10 && b.received().len() >= 10
+    poll_until("traffic on both backends", secs(20), || async {
+        (a.received().len() >= 10 && b.received().len() >= 10).then_some(())
     })
     .await;
     a.kill();
@@ -165,19 +157,12 @@ async fn breaker_opens_fails_fast_then_closes_through_a_probe() {
     assert_eq!(gw.access_entry(&rid).await["attempts"], 0, "fails fast");
 
     ok.store(true, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = gw.chat("m").await;
-        if r.status() == 200 {
-            break;
-        }
-        assert_eq!(r.status(), 503);
-        assert!(
-            Instant::now() < deadline,
-            "the breaker never let a probe through"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until("the breaker to let a probe through", secs(10), || async {
+        let status = gw.chat("m").await.status();
+        assert!(status == 200 || status == 503, "{status}");
+        (status == 200).then_some(())
+    })
+    .await;
     let h = provider_health(&gw).await;
     assert_eq!(h["backends"][0]["breaker"]["state"], "closed");
     assert_eq!(gw.chat("m").await.status(), 200);
@@ -217,40 +202,36 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
     );
 
     down.store(true, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.chat("m").await.status() == 200 {
-        assert!(Instant::now() < deadline, "the backend never went down");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until("the backend to be taken out", secs(10), || async {
+        (gw.chat("m").await.status() != 200).then_some(())
+    })
+    .await;
     let ready: Value = gw.get("/ready").await.json().await.unwrap();
     assert_eq!(ready["unservable_models"], json!(["m"]));
     down.store(false, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.chat("m").await.status() != 200 {
-        assert!(Instant::now() < deadline, "the backend never came back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until("the backend to come back", secs(10), || async {
+        (gw.chat("m").await.status() == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_429_moves_traffic_to_the_other_key_for_free_and_back_after_the_cooldown() {
     let limited = Arc::new(AtomicBool::new(true));
-    let l = limited.clone();
+    // The provider's Retry-After: an hour at first, so that nothing below can outlast it.
+    let hint = Arc::new(AtomicU64::new(3600));
+    let (l, h) = (limited.clone(), hint.clone());
     let up = MockUpstream::start(move |r| {
         if auth(r) == "Bearer sk-one" && l.load(Ordering::SeqCst) {
-            // Long enough that the six requests below finish within it on a loaded machine.
-            too_many_requests(3, "rate limited")
+            too_many_requests(h.load(Ordering::SeqCst), "rate limited")
         } else {
             Reply::Json(200, upstream::chat_completion("m", &auth(r)))
         }
     })
     .await;
     // One attempt in the budget: rotating keys must not spend it.
-    let gw = TestGateway::start(&pool_config(
-        &[up.url()],
-        TWO_KEYS,
-        "    retry: { max_attempts: 1 }",
-    ));
+    let config = pool_config(&[up.url()], TWO_KEYS, "    retry: { max_attempts: 1 }");
+    let gw = TestGateway::start(&config);
     let mut attempts = Vec::new();
     for _ in 0..6 {
         let r = gw.chat("m").await;
@@ -274,17 +255,26 @@ async fn a_429_moves_traffic_to_the_other_key_for_free_and_back_after_the_cooldo
     let keys = provider_health(&gw).await["keys"].clone();
     assert_eq!(keys[0]["id"], "one");
     assert_eq!(keys[0]["state"], "cooling");
+    assert!(keys[0]["cooling_seconds"].as_f64().unwrap() > 3000.0);
     assert!(
         !keys.to_string().contains("sk-one"),
         "key values never appear"
     );
+    drop(gw);
 
+    // A short Retry-After: the key comes back by itself once it has passed.
+    hint.store(1, Ordering::SeqCst);
+    let gw = TestGateway::start(&config);
+    poll_until("a 429 for key one", secs(10), || async {
+        assert_eq!(gw.chat("m").await.status(), 200);
+        (provider_health(&gw).await["keys"][0]["state"] == "cooling").then_some(())
+    })
+    .await;
     limited.store(false, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while provider_health(&gw).await["keys"][0]["state"] != "active" {
-        assert!(Instant::now() < deadline, "the key never came back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until("the key to come back", secs(10), || async {
+        (provider_health(&gw).await["keys"][0]["state"] == "active").then_some(())
+    })
+    .await;
     let before = up.received().len();
     for _ in 0..4 {
         assert_eq!(gw.chat("m").await.status(), 200);
@@ -451,11 +441,10 @@ async fn a_key_file_changed_on_disk_takes_effect() {
         "provider_auth_failed"
     );
     std::fs::write(gw.dir.path().join("key.txt"), "sk-rotated\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.chat("m").await.status() != 200 {
-        assert!(Instant::now() < deadline, "the new key file was never read");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until("the new key file to be read", secs(10), || async {
+        (gw.chat("m").await.status() == 200).then_some(())
+    })
+    .await;
 }
 
 fn stream_request() -> Value {
@@ -653,12 +642,9 @@ async fn provider_health_is_for_admins_and_shows_ids_never_keys() {
     let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let gw = TestGateway::start_with(&auth_config(&up.url(), ""), &files, &[]);
     let admin_health = || async {
-        let r = client()
-            .get(gw.url("/api/providers/health"))
-            .bearer_auth(hs_token("root", &["admin"]))
-            .send()
-            .await
-            .unwrap();
+        let r = gw
+            .get_as("/api/providers/health", &hs_token("root", &["admin"]))
+            .await;
         assert_eq!(r.status(), 200);
         r.json::<Value>().await.unwrap()
     };
@@ -667,19 +653,13 @@ async fn provider_health_is_for_admins_and_shows_ids_never_keys() {
         v["providers"][0]["backends"][0]["latency_ms"].is_null(),
         "probes do not count as latency: {v}"
     );
-    let r = client()
-        .get(gw.url("/api/providers/health"))
-        .bearer_auth(hs_token("u", &["user"]))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .get_as("/api/providers/health", &hs_token("u", &["user"]))
+        .await;
     assert_eq!(r.status(), 403);
-    let r = client()
-        .get(gw.url("/api/providers/health"))
-        .bearer_auth(hs_token("root", &["admin"]))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .get_as("/api/providers/health", &hs_token("root", &["admin"]))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let text = r.text().await.unwrap();

@@ -268,7 +268,7 @@ async fn test_mode_answers_with_the_mock_in_development() {
 async fn test_mode_still_needs_credentials() {
     let files = key_files();
     let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let gw = TestGateway::start_with(&auth_config("http://127.0.0.1:9", ""), &files, &[]);
+    let gw = TestGateway::start_with(&auth_config(&dead_url(), ""), &files, &[]);
     let r = client()
         .post(gw.url("/v1/chat/completions"))
         .header("x-test-mode", "true")

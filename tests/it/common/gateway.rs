@@ -256,6 +256,25 @@ impl TestGateway {
             .expect("request to the gateway")
     }
 
+    /// GETs `path` with `Authorization: Bearer <token>` (a JWT or an API key).
+    pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
+        super::client()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request to the gateway")
+    }
+
+    /// GETs `path` as `token` and parses the JSON body, whatever the status.
+    pub async fn get_json_as(&self, path: &str, token: &str) -> serde_json::Value {
+        self.get_as(path, token)
+            .await
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     /// POSTs `body` as JSON to `path`.
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         super::client()

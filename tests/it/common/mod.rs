@@ -57,3 +57,38 @@ pub fn client() -> reqwest::Client {
 pub fn chat_body(model: &str) -> serde_json::Value {
     serde_json::json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }] })
 }
+
+/// Polls `check` every 20 ms until it yields a value, for at most `timeout`, and returns that
+/// value; panics naming `what` if it never comes. Tests wait for events this way, never by
+/// sleeping a fixed time.
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `secs` seconds, for `poll_until`.
+pub fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
+}
+
+/// An `http://` URL on loopback where nothing listens: a port the kernel handed out and that
+/// was closed again (a fixed port such as 9 may be in use on a test machine).
+pub fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}")
+}
