@@ -8,10 +8,10 @@ use prometheus::{
     TextEncoder,
 };
 
-/// Latency buckets in seconds: LLM requests range from milliseconds to many minutes.
 /// `Content-Type` of `render`'s output (Prometheus text exposition format).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Latency buckets in seconds: LLM requests range from milliseconds to many minutes.
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];

@@ -157,12 +157,19 @@ async fn model_by_id_and_alias() {
     }
     let r = gw.get("/v1/models/alive-modle").await;
     assert_eq!(r.status(), 404);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "model_not_found");
     assert!(v["error"]["message"]
         .as_str()
         .unwrap()
         .contains("alive-model"));
+    let logged = gw.access_entry(&rid).await;
+    assert_eq!(logged["status"], 404);
+    assert_eq!(
+        logged["error"], "model_not_found",
+        "local errors are logged like any"
+    );
 }
 
 #[tokio::test]
@@ -218,6 +225,22 @@ async fn head_and_wrong_methods() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "method_not_allowed");
     assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        logged_post_to_models(&gw).await["error"],
+        "method_not_allowed"
+    );
+}
+
+/// The access-log line of a fresh `POST /v1/models` (a local endpoint's 405).
+async fn logged_post_to_models(gw: &TestGateway) -> Value {
+    let r = client()
+        .post(gw.url("/v1/models"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    gw.access_entry(&rid).await
 }
 
 #[tokio::test]
