@@ -31,7 +31,7 @@ mod tests {
         let c = super::load(&|_| None).unwrap();
         assert_eq!(c.mode, crate::config::Mode::Development);
         assert!(c.models.len() >= 5);
-        let (rt, warnings) = crate::runtime::Runtime::compile(&c).unwrap();
+        let (rt, warnings) = crate::runtime::Runtime::compile(&c, &Default::default()).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert!(rt.servable().iter().all(|s| *s));
     }

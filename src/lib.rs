@@ -16,6 +16,7 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod signals;
+pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;

@@ -129,7 +129,7 @@ fn run(args: RunArgs) -> ExitCode {
 
 fn check_config(path: &Path) -> ExitCode {
     let result = config::load(path, &env).and_then(|c| {
-        let (rt, warnings) = Runtime::compile(&c)?;
+        let (rt, warnings) = Runtime::compile(&c, &Default::default())?;
         Ok((c, rt, warnings))
     });
     match result {

@@ -28,7 +28,8 @@ const FIRST_RESOLUTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the gateway and serves until a signal stops it. Returns only on a start-up error.
 pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> Result<(), String> {
-    let (runtime, warnings) = Runtime::compile(&config).map_err(|e| e.to_string())?;
+    let state = Arc::new(crate::state::State::default());
+    let (runtime, warnings) = Runtime::compile(&config, &state).map_err(|e| e.to_string())?;
     crate::telemetry::init(&config.logging, config.mode);
     for w in &warnings {
         tracing::warn!("{w}");

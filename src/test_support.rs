@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub fn runtime(yaml: &str) -> Runtime {
     let config = crate::config::load_str(yaml, Path::new("t.yaml"), Path::new("."), &|_| None)
         .expect("test configuration loads");
-    Runtime::compile(&config)
+    Runtime::compile(&config, &Default::default())
         .expect("test configuration compiles")
         .0
 }

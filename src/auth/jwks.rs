@@ -66,6 +66,10 @@ impl JwksUrl {
         })
     }
 
+    pub fn refresh_every(&self) -> Duration {
+        self.refresh_every
+    }
+
     /// When the next scheduled refresh is due, counted from the last attempt.
     pub fn next_refresh(&self) -> Instant {
         let every = if self.loaded() {

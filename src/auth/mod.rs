@@ -164,7 +164,13 @@ pub struct Authenticator {
 impl Authenticator {
     /// Compiles `config.auth`: reads PEM and JWKS files, indexes key digests, compiles roles.
     /// A JWKS URL is not fetched here (see `jwks::JwksUrl::refresh`).
-    pub fn compile(config: &Config, registry: &Registry) -> Result<Authenticator, ConfigErrors> {
+    /// Compiles `auth`; a JWKS URL that an earlier configuration fetched is taken from `state`
+    /// with its key set (not fetched again).
+    pub fn compile(
+        config: &Config,
+        registry: &Registry,
+        state: &crate::state::State,
+    ) -> Result<Authenticator, ConfigErrors> {
         let Some(auth) = &config.auth else {
             return Ok(Authenticator {
                 open: true,
@@ -175,7 +181,7 @@ impl Authenticator {
         };
         let mut errors = ConfigErrors::default();
         let rbac = Rbac::compile(&auth.roles, registry);
-        let jwt = compile_jwt(config, auth, &mut errors);
+        let jwt = compile_jwt(config, auth, state, &mut errors);
         let api_keys = api_key::ApiKeys::new(auth.api_keys.iter().filter_map(|k| {
             let roles = rbac.role_set(k.roles.iter().map(String::as_str));
             Some(api_key::ApiKey {
@@ -286,6 +292,7 @@ fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Refusal> {
 fn compile_jwt(
     config: &Config,
     auth: &AuthSection,
+    state: &crate::state::State,
     errors: &mut ConfigErrors,
 ) -> Option<jwt::JwtVerifier> {
     if auth.jwt.is_none() && !auth.test_tokens {
@@ -314,10 +321,14 @@ fn compile_jwt(
     }
     let jwks_url = j.jwks_url.as_ref().and_then(|url| {
         let refresh = std::time::Duration::from_secs(j.jwks_refresh_seconds);
-        jwks::JwksUrl::new(url, refresh)
+        if let Some(known) = state.jwks.get(url).filter(|k| k.refresh_every() == refresh) {
+            return Some(known);
+        }
+        let fresh = jwks::JwksUrl::new(url, refresh)
             .map(Arc::new)
             .map_err(|msg| errors.push(ConfigError::new(&config.file, "auth.jwt.jwks_url", msg)))
-            .ok()
+            .ok()?;
+        Some(state.jwks.adopt(url, |_| fresh))
     });
     let list =
         |v: &Option<crate::config::OneOrMany>| v.as_ref().map(|o| o.0.clone()).unwrap_or_default();

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 /// `auth:` who may call the gateway. Without it, development mode serves everyone (with a loud
 /// warning) and production mode refuses to start.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// JWT validation. Default: none.
@@ -28,7 +28,7 @@ pub struct AuthSection {
 }
 
 /// `auth.jwt:` JWT validation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSection {
     /// Accepted algorithms: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA.
@@ -120,7 +120,7 @@ impl<'de> Deserialize<'de> for OneOrMany {
 }
 
 /// `auth.api_keys[]`: a service key, stored only as its SHA-256 digest.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySpec {
     /// Stable name, in the audit log and the access log.
@@ -139,7 +139,7 @@ pub struct ApiKeySpec {
 }
 
 /// `auth.roles.<name>`: what a role allows.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleSpec {
     /// Model id patterns (`*` any run of characters, `?` one), matched on canonical ids.

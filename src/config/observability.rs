@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 /// `audit:` the audit log of authentication and authorization decisions.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSection {
     /// `stdout` (default), `stderr`, or a file path (appended; reopened on SIGUSR1).
@@ -35,7 +35,7 @@ pub enum AuditOverflow {
 }
 
 /// `metrics:` the Prometheus endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
     /// Serve `/metrics`. Default true.

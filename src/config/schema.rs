@@ -28,7 +28,7 @@ impl Mode {
 }
 
 /// `server:` the listener and request limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Address to listen on, `IP:PORT`. Default `127.0.0.1:8080`. Port 0 picks a free port (the
@@ -71,7 +71,7 @@ impl Default for ServerSection {
 }
 
 /// One configured proxied path, e.g. `{ path: /v1/rerank, group: rerank }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExtraPath {
     /// The client path, starting with `/v1/`.
@@ -83,7 +83,7 @@ pub struct ExtraPath {
 }
 
 /// `logging:` operational log and access log.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingSection {
     /// `trace`, `debug`, `info` (default), `warn` or `error`; `RUST_LOG` overrides it.
@@ -138,7 +138,7 @@ impl ProviderKind {
 }
 
 /// `providers.<name>:` one upstream provider.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
     /// `openai`, `anthropic`, `azure`, `openai-compatible` or `mock`.
@@ -222,7 +222,7 @@ pub enum KeyAffinity {
 }
 
 /// `health_check:` active probes of every backend.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckSpec {
     /// Probe backends at all. Default true.
@@ -265,7 +265,7 @@ pub enum HealthCheckKind {
 }
 
 /// `breaker:` per-backend circuit breaker.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerSpec {
     /// Consecutive failures (connect, TLS, timeout, 5xx, broken stream) that open it. Default 5.
@@ -287,7 +287,7 @@ impl Default for BreakerSpec {
 }
 
 /// `retry:` how far a failed request goes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySpec {
     /// Attempts in all (the first one included), across backends and targets. Default 3.
@@ -307,7 +307,7 @@ impl Default for RetrySpec {
 }
 
 /// An endpoint: a URL string, or an object with the URL and options.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointSpec {
     pub url: String,
     /// Relative weight for weighted balancing. Default 1.
@@ -360,7 +360,7 @@ impl<'de> Deserialize<'de> for EndpointSpec {
 }
 
 /// One provider key: its `value` (usually `${ENV}`) or a `file` holding it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
     /// Stable name used in logs; the key itself is never logged.
@@ -372,7 +372,7 @@ pub struct KeySpec {
 }
 
 /// Upstream timeouts in milliseconds. Unset fields take the provider's, then the defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsSpec {
     /// TCP + TLS connect. Default 5000.
@@ -386,7 +386,7 @@ pub struct TimeoutsSpec {
 }
 
 /// Behaviour of the built-in mock provider.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MockSpec {
     /// Delay before the response (or the first SSE chunk). Default 0.
@@ -411,7 +411,7 @@ impl Default for MockSpec {
 }
 
 /// One entry of `models:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// The canonical id clients send as `model`.
@@ -450,7 +450,7 @@ pub struct ModelSpec {
 }
 
 /// `{ provider: openai, model: gpt-4o-mini }`: where a model is served and under which name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     pub provider: String,
@@ -460,7 +460,7 @@ pub struct TargetSpec {
 }
 
 /// Prices in currency units per million tokens.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PricingSpec {
     pub input_per_million: f64,
@@ -468,7 +468,7 @@ pub struct PricingSpec {
 }
 
 /// The models file (`models_file`): the registry and its optional default model.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelsFileTop {
     #[serde(default)]

@@ -8,6 +8,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, ConfigErrors, Mode, ProviderKind, ProviderSpec};
 use crate::endpoints::EndpointGroup;
 use crate::registry::{ProviderIdx, Registry};
+use crate::state::State;
 use crate::upstream::breaker::BreakerPolicy;
 use crate::upstream::endpoint::Endpoint;
 use crate::upstream::health::ProviderProbe;
@@ -24,17 +25,23 @@ use std::time::Duration;
 
 const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
 
-/// What compiling one provider found that the operator should know.
+/// What compiling one provider found that the operator should know, and what it carries over.
 struct Findings<'a> {
     config: &'a Config,
+    state: &'a Arc<State>,
     errors: &'a mut ConfigErrors,
     warnings: &'a mut Vec<String>,
 }
 
 impl Runtime {
     /// Compiles a validated configuration: reads key and CA files, builds pools (not yet
-    /// resolved: see `Pool::refresh`). Returns the runtime and warnings for the operator.
-    pub fn compile(config: &Config) -> Result<(Runtime, Vec<String>), ConfigErrors> {
+    /// resolved: see `Pool::refresh`), and takes over from `state` what earlier configurations
+    /// learnt (breakers, health verdicts, key states, JWKS key sets), by stable id. Returns the
+    /// runtime and warnings for the operator.
+    pub fn compile(
+        config: &Config,
+        state: &Arc<State>,
+    ) -> Result<(Runtime, Vec<String>), ConfigErrors> {
         // Every section named: a new one does not compile until this function decides on it.
         let Config {
             file: _,
@@ -55,6 +62,7 @@ impl Runtime {
         let mut warnings = config_warnings.clone();
         let mut found = Findings {
             config,
+            state,
             errors: &mut errors,
             warnings: &mut warnings,
         };
@@ -70,7 +78,8 @@ impl Runtime {
         });
         let test_mock = (*mode == Mode::Development).then(|| test_mode_mock(&mut providers));
         auth_warnings(auth_section.as_ref(), found.warnings);
-        let auth = Authenticator::compile(config, &registry).map_err(|e| errors.0.extend(e.0));
+        let auth =
+            Authenticator::compile(config, &registry, state).map_err(|e| errors.0.extend(e.0));
         let Ok(auth) = auth else {
             return Err(errors);
         };
@@ -101,7 +110,7 @@ fn compile_provider(
 ) -> Provider {
     let path = format!("providers.{name}");
     let name: Arc<str> = Arc::from(name);
-    let keys = Arc::new(key_ring(&path, spec, found));
+    let keys = Arc::new(key_ring(&path, &name, spec, found));
     let ca = spec.ca_file.as_ref().and_then(|f| {
         tls::load_ca_list(&found.config.resolve_path(f))
             .map_err(|msg| {
@@ -132,7 +141,7 @@ fn compile_provider(
 
 /// The provider's key ring. An unreadable key file is an error; an empty or unusable value a
 /// warning (that key is skipped until it changes).
-fn key_ring(path: &str, spec: &ProviderSpec, found: &mut Findings<'_>) -> KeyRing {
+fn key_ring(path: &str, name: &str, spec: &ProviderSpec, found: &mut Findings<'_>) -> KeyRing {
     let sources = spec
         .keys
         .iter()
@@ -145,7 +154,18 @@ fn key_ring(path: &str, spec: &ProviderSpec, found: &mut Findings<'_>) -> KeyRin
             (ks.id.clone(), source)
         })
         .collect();
-    let (ring, problems) = KeyRing::new(spec.kind, spec.key_affinity, sources);
+    let provider: Arc<str> = Arc::from(name);
+    let previous = |id: &str| {
+        found
+            .state
+            .key_slots
+            .get(&(provider.clone(), Arc::from(id)))
+    };
+    let (ring, problems) = KeyRing::new(spec.kind, spec.key_affinity, sources, &previous);
+    for slot in ring.slots() {
+        let key = (provider.clone(), slot.id().clone());
+        found.state.key_slots.adopt(&key, |_| slot.clone());
+    }
     for (id, problem) in problems {
         let k = spec.keys.iter().position(|ks| ks.id == id).unwrap_or(0);
         if spec.keys[k].file.is_some() {
@@ -226,16 +246,19 @@ fn pool(
         .iter()
         .filter_map(|e| Endpoint::parse(e).ok().map(Arc::new))
         .collect();
-    Some(Arc::new(Pool::new(PoolSettings {
-        provider: name.clone(),
-        endpoints,
-        strategy: spec.strategy,
-        refresh: spec
-            .dns_refresh_seconds
-            .map_or(DEFAULT_DNS_REFRESH, Duration::from_secs),
-        breaker,
-        health,
-    })))
+    Some(Arc::new(Pool::new(
+        PoolSettings {
+            provider: name.clone(),
+            endpoints,
+            strategy: spec.strategy,
+            refresh: spec
+                .dns_refresh_seconds
+                .map_or(DEFAULT_DNS_REFRESH, Duration::from_secs),
+            breaker,
+            health,
+        },
+        found.state,
+    )))
 }
 
 /// The mock that answers `X-Test-Mode: true` (development): the configured one, else a

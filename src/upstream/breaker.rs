@@ -86,6 +86,10 @@ pub enum BreakerView {
 }
 
 impl Breaker {
+    pub fn policy(&self) -> BreakerPolicy {
+        self.policy
+    }
+
     pub fn new(policy: BreakerPolicy) -> Breaker {
         Breaker {
             policy,

@@ -6,6 +6,7 @@
 use super::backend::BackendState;
 use super::breaker::BreakerPolicy;
 use super::endpoint::Endpoint;
+use crate::state::{BackendKey, State};
 use async_trait::async_trait;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::Backend;
@@ -30,6 +31,30 @@ pub(super) struct DnsDiscovery {
     pub(super) last: parking_lot::Mutex<Vec<Vec<SocketAddr>>>,
     /// Backend state by address, kept across re-resolutions (and so across DNS changes).
     pub(super) states: parking_lot::Mutex<HashMap<(usize, SocketAddr), Arc<BackendState>>>,
+    /// Where backend states of earlier configurations are found by their stable id.
+    pub(super) carried: Arc<State>,
+}
+
+impl DnsDiscovery {
+    /// The last addresses each endpoint had in an earlier configuration (so that a reload
+    /// whose lookup fails does not empty a pool that was serving).
+    pub(super) fn carried_addresses(&self) -> Vec<Vec<SocketAddr>> {
+        self.endpoints
+            .iter()
+            .map(|ep| {
+                let mut addrs: Vec<SocketAddr> = self
+                    .carried
+                    .backends
+                    .live_keys()
+                    .into_iter()
+                    .filter(|k| k.provider == self.provider && *k.endpoint_url == *ep.url)
+                    .map(|k| k.addr)
+                    .collect();
+                addrs.sort();
+                addrs
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -105,20 +130,14 @@ impl DnsDiscovery {
         }
     }
 
-    /// The Pingora backend of one address, carrying its state (kept across re-resolutions).
+    /// The Pingora backend of one address, carrying its state (kept across re-resolutions, and
+    /// across reloads by its stable id).
     fn backend(&self, i: usize, ep: &Arc<Endpoint>, addr: SocketAddr) -> Backend {
         let state = self
             .states
             .lock()
             .entry((i, addr))
-            .or_insert_with(|| {
-                Arc::new(BackendState::new(
-                    addr,
-                    ep.clone(),
-                    self.breaker,
-                    self.checked_initially,
-                ))
-            })
+            .or_insert_with(|| self.carried_state(ep, addr))
             .clone();
         let mut ext = http::Extensions::new();
         ext.insert(state);
@@ -127,6 +146,27 @@ impl DnsDiscovery {
             weight: if self.weighted { ep.weight } else { 1 },
             ext,
         }
+    }
+}
+
+impl DnsDiscovery {
+    /// The state an earlier configuration had for this backend when it is the same target under
+    /// the same breaker policy; otherwise a new one (that still keeps whether it passed a
+    /// check: a changed policy is no reason to hold a healthy backend back).
+    fn carried_state(&self, ep: &Arc<Endpoint>, addr: SocketAddr) -> Arc<BackendState> {
+        let key = BackendKey {
+            provider: self.provider.clone(),
+            endpoint_url: Arc::from(ep.url.as_str()),
+            addr,
+        };
+        self.carried.backends.adopt(&key, |old| {
+            let old = old.filter(|o| Endpoint::same_target(&o.endpoint, ep));
+            if let Some(o) = old.as_ref().filter(|o| o.breaker.policy() == self.breaker) {
+                return o.clone();
+            }
+            let checked = self.checked_initially || old.is_some_and(|o| o.checked());
+            Arc::new(BackendState::new(addr, ep.clone(), self.breaker, checked))
+        })
     }
 }
 

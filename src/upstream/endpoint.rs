@@ -29,6 +29,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Whether two endpoints reach the same target the same way (weights aside): a backend's
+    /// state carries over a reload only between such endpoints.
+    pub fn same_target(a: &Endpoint, b: &Endpoint) -> bool {
+        a.url == b.url
+            && a.tls == b.tls
+            && a.sni == b.sni
+            && a.host_header == b.host_header
+            && a.path_prefix == b.path_prefix
+    }
+
     /// Parses an endpoint. The error says what is wrong without repeating the URL.
     pub fn parse(spec: &EndpointSpec) -> Result<Endpoint, String> {
         let url = spec.url.trim();

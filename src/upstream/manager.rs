@@ -52,8 +52,6 @@ pub async fn check_all(rt: &Runtime) {
 
 /// Periodic work of one pool: when it is next due, and the passes in flight.
 struct Schedule {
-    /// Held so that the pool's address, the map's key, cannot be reused by another pool while
-    /// this entry exists.
     pool: Arc<Pool>,
     dns_due: Instant,
     health_due: Instant,
@@ -76,6 +74,16 @@ impl Schedule {
             health_due: now + pool.health_interval().unwrap_or(never),
             dns_task: None,
             health_task: None,
+        }
+    }
+
+    /// Takes over the provider's pool of a new configuration, keeping the due times (the pool
+    /// in flight finishes its pass on the old one, which is harmless).
+    fn adopt(&mut self, pool: &Arc<Pool>) {
+        if !Arc::ptr_eq(&self.pool, pool) {
+            self.pool = pool.clone();
+            self.dns_task = None;
+            self.health_task = None;
         }
     }
 
@@ -129,8 +137,10 @@ fn dns_wait(pool: &Pool) -> Duration {
 #[async_trait]
 impl BackgroundService for UpstreamManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Keyed by the pool's address (each entry holds its pool).
-        let mut schedules: HashMap<usize, Schedule> = HashMap::new();
+        // Keyed by provider name, the pool's stable id: a reload that gives a provider a new
+        // pool keeps its schedule (under reloads every few seconds, restarting the clocks would
+        // postpone every health pass for ever).
+        let mut schedules: HashMap<Arc<str>, Schedule> = HashMap::new();
         let mut jwks_task: Option<tokio::task::JoinHandle<()>> = None;
         let mut key_files_task: Option<tokio::task::JoinHandle<()>> = None;
         loop {
@@ -138,11 +148,12 @@ impl BackgroundService for UpstreamManager {
             let now = Instant::now();
             let mut live = Vec::new();
             for pool in rt.pools() {
-                let key = Arc::as_ptr(pool) as usize;
-                live.push(key);
+                let key = pool.provider().clone();
+                live.push(key.clone());
                 let s = schedules
                     .entry(key)
                     .or_insert_with(|| Schedule::new(pool, now));
+                s.adopt(pool);
                 s.refresh_dns_if_due(now);
                 s.check_health_if_due(now);
             }
@@ -208,19 +219,22 @@ mod tests {
             sni: None,
         })
         .unwrap();
-        Arc::new(Pool::new(PoolSettings {
-            provider: "p".into(),
-            endpoints: vec![Arc::new(endpoint)],
-            strategy: Strategy::RoundRobin,
-            refresh: Duration::from_secs(30),
-            breaker: BreakerPolicy::try_new(1, Duration::from_secs(1), Duration::from_secs(1))
-                .unwrap(),
-            health: health.map(|every| {
-                let check: Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> =
-                    TcpHealthCheck::new();
-                (check, every)
-            }),
-        }))
+        Arc::new(Pool::new(
+            PoolSettings {
+                provider: "p".into(),
+                endpoints: vec![Arc::new(endpoint)],
+                strategy: Strategy::RoundRobin,
+                refresh: Duration::from_secs(30),
+                breaker: BreakerPolicy::try_new(1, Duration::from_secs(1), Duration::from_secs(1))
+                    .unwrap(),
+                health: health.map(|every| {
+                    let check: Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> =
+                        TcpHealthCheck::new();
+                    (check, every)
+                }),
+            },
+            &Default::default(),
+        ))
     }
 
     async fn settle(s: &mut Schedule) {

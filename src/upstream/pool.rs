@@ -10,9 +10,10 @@ use super::breaker::BreakerPolicy;
 use super::discovery::DnsDiscovery;
 use super::endpoint::Endpoint;
 use crate::config::Strategy;
+use crate::state::State;
 use pingora::lb::health_check::HealthCheck;
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
-use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,17 +69,32 @@ pub struct PoolSettings {
 }
 
 impl Pool {
-    pub fn new(s: PoolSettings) -> Pool {
-        let discovery = DnsDiscovery {
+    /// A pool, carrying over from `state` what earlier configurations knew of the provider's
+    /// backends: their states, their health verdicts (when checks stay on) and their last
+    /// addresses.
+    pub fn new(s: PoolSettings, state: &Arc<State>) -> Pool {
+        let mut discovery = DnsDiscovery {
             provider: s.provider.clone(),
             weighted: s.strategy != Strategy::RoundRobin,
             breaker: s.breaker,
             checked_initially: s.health.is_none(),
-            last: parking_lot::Mutex::new(vec![Vec::new(); s.endpoints.len()]),
+            last: parking_lot::Mutex::new(Vec::new()),
             states: parking_lot::Mutex::new(HashMap::new()),
             endpoints: s.endpoints,
+            carried: state.clone(),
         };
-        let backends = Backends::new(Box::new(discovery));
+        discovery.last = parking_lot::Mutex::new(discovery.carried_addresses());
+        // With checks on, verdicts live in the provider's health registry, shared by the pools
+        // of successive configurations. With checks off, a fresh one: no verdict of a past
+        // check may keep a backend out when nothing will check it again.
+        let backends = if s.health.is_some() {
+            let registry = state
+                .health
+                .get_or_insert(&s.provider, || Arc::new(HealthRegistry::new()));
+            Backends::new_with_health_registry(Box::new(discovery), registry)
+        } else {
+            Backends::new(Box::new(discovery))
+        };
         let health_interval = s.health.as_ref().map(|(_, i)| *i);
         let mut lb = match s.strategy {
             Strategy::RoundRobin | Strategy::Weighted => {
@@ -123,6 +139,11 @@ impl Pool {
 
     pub fn next_check(&self) -> Option<Instant> {
         *self.next_check.lock()
+    }
+
+    /// The provider's name: the pool's stable id across configurations.
+    pub fn provider(&self) -> &Arc<str> {
+        &self.provider
     }
 
     pub fn strategy(&self) -> Strategy {
@@ -220,15 +241,22 @@ mod tests {
     }
 
     fn pool(strategy: Strategy, endpoints: Vec<Arc<Endpoint>>) -> Pool {
-        Pool::new(PoolSettings {
-            provider: "p".into(),
-            endpoints,
-            strategy,
-            refresh: Duration::from_secs(30),
-            breaker: BreakerPolicy::try_new(1, Duration::from_secs(10), Duration::from_secs(10))
+        Pool::new(
+            PoolSettings {
+                provider: "p".into(),
+                endpoints,
+                strategy,
+                refresh: Duration::from_secs(30),
+                breaker: BreakerPolicy::try_new(
+                    1,
+                    Duration::from_secs(10),
+                    Duration::from_secs(10),
+                )
                 .unwrap(),
-            health: None,
-        })
+                health: None,
+            },
+            &Default::default(),
+        )
     }
 
     /// The ports of `n` selections; every one must find a backend.

@@ -62,7 +62,9 @@ impl Provider {
             idx,
             name: Arc::from("test-mode"),
             kind: ProviderKind::Mock,
-            keys: Arc::new(KeyRing::new(ProviderKind::Mock, KeyAffinity::None, Vec::new()).0),
+            keys: Arc::new(
+                KeyRing::new(ProviderKind::Mock, KeyAffinity::None, Vec::new(), &|_| None).0,
+            ),
             auth: Arc::new(RequestAuth {
                 kind: ProviderKind::Mock,
                 anthropic_version: HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 /// Cooldown after a 429 that says nothing about when to come back.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct SlotState {
     pub(super) cooling_until: Option<Instant>,
     /// Disabled for the value whose digest is kept here (a 401): usable again once the value
@@ -29,10 +29,15 @@ pub(super) struct SlotState {
     pub(super) refusals_in_a_row: u32,
 }
 
+/// One key of a ring: its value and what the provider said about it. Shared by the rings of
+/// successive configurations while the key's id, source and provider kind stay the same
+/// (`crate::state`).
 #[derive(Debug)]
-pub(super) struct Slot {
+pub struct KeySlot {
     pub(super) id: Arc<str>,
     pub(super) source: KeySource,
+    /// The provider kind its value was installed for (it decides the header).
+    pub(super) kind: ProviderKind,
     pub(super) key: ArcSwapOption<ProviderKey>,
     pub(super) digest: AtomicU64,
     /// The key file could not be read at the last look (warned once, not every tick).
@@ -59,25 +64,50 @@ pub enum KeyPick {
 pub struct KeyRing {
     pub(super) kind: ProviderKind,
     pub(super) affinity: KeyAffinity,
-    pub(super) slots: Vec<Slot>,
+    pub(super) slots: Vec<Arc<KeySlot>>,
     pub(super) next: AtomicUsize,
 }
 
+impl KeySlot {
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    fn digest(&self) -> u64 {
+        self.digest.load(Ordering::Acquire)
+    }
+}
+
 impl KeyRing {
-    /// Builds the ring, loading each value (reading key files). Returns the ring and the ids of
-    /// keys whose value is empty or unreadable (they are skipped until they change).
+    /// Builds the ring, loading each value (reading key files). `previous` gives the slot a key
+    /// id had in the configuration before (if any): it is kept as it is when its source and
+    /// kind are the same, and its state (cooldown, disabling, counters) carries over to a new
+    /// slot whose value turns out the same. Returns the ring and the ids of keys whose value is
+    /// empty or unreadable (they are skipped until they change).
     pub fn new(
         kind: ProviderKind,
         affinity: KeyAffinity,
         keys: Vec<(String, KeySource)>,
+        previous: &dyn Fn(&str) -> Option<Arc<KeySlot>>,
     ) -> (KeyRing, Vec<(String, String)>) {
         let mut problems = Vec::new();
         let slots = keys
             .into_iter()
             .map(|(id, source)| {
-                let slot = Slot {
+                let prev = previous(&id);
+                if let Some(p) = prev
+                    .as_ref()
+                    .filter(|p| p.source == source && p.kind == kind)
+                {
+                    if p.key.load().is_none() {
+                        problems.push((id, "empty, or not a valid header value".to_string()));
+                    }
+                    return p.clone();
+                }
+                let slot = KeySlot {
                     id: Arc::from(id.as_str()),
                     source,
+                    kind,
                     key: ArcSwapOption::empty(),
                     digest: AtomicU64::new(0),
                     file_failing: AtomicBool::new(false),
@@ -86,7 +116,11 @@ impl KeyRing {
                 if let Err(e) = slot.load(kind) {
                     problems.push((id, e));
                 }
-                slot
+                // The same value from another source: what the provider said still holds.
+                if let Some(p) = prev.filter(|p| p.digest() == slot.digest()) {
+                    *slot.state.lock() = p.state.lock().clone();
+                }
+                Arc::new(slot)
             })
             .collect();
         (
@@ -98,6 +132,11 @@ impl KeyRing {
             },
             problems,
         )
+    }
+
+    /// The slots, with their ids (to record them for the next configuration).
+    pub fn slots(&self) -> impl Iterator<Item = &Arc<KeySlot>> {
+        self.slots.iter()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -261,7 +300,7 @@ pub(super) mod tests {
         let keys = (0..n)
             .map(|i| (format!("k{i}"), KeySource::Value(format!("sk-{i}"))))
             .collect();
-        KeyRing::new(ProviderKind::Openai, affinity, keys).0
+        KeyRing::new(ProviderKind::Openai, affinity, keys, &|_| None).0
     }
 
     /// Cools key `i` down as a 429 for its current value would.

@@ -3,14 +3,14 @@
 //! without the old one's cooldown or disabling.
 
 use super::key::ProviderKey;
-use super::ring::{digest, KeyRing, Slot};
+use super::ring::{digest, KeyRing, KeySlot};
 use crate::config::ProviderKind;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Where a key's secret comes from.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub enum KeySource {
     Value(String),
     File(PathBuf),
@@ -73,7 +73,7 @@ impl KeyRing {
     }
 }
 
-impl Slot {
+impl KeySlot {
     pub(super) fn load(&self, kind: ProviderKind) -> Result<(), String> {
         let secret = match &self.source {
             KeySource::Value(v) => v.clone(),
@@ -122,6 +122,7 @@ mod tests {
             ProviderKind::Openai,
             KeyAffinity::None,
             vec![("f".into(), KeySource::File(path.clone()))],
+            &|_| None,
         );
         assert!(problems.is_empty());
         assert!(r.has_live());
