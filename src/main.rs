@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use ultra_gateway::reload::Source;
 use ultra_gateway::{auth, config, embedded, runtime::Runtime, server, signals};
 
 const DEFAULT_CONFIG: &str = "conf/ultra.yaml";
@@ -92,11 +93,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: Option<&Path>) -> Result<config::Config, config::ConfigErrors> {
+/// Where the configuration comes from: the file given, `conf/ultra.yaml`, or the embedded
+/// development default.
+fn source(path: Option<&Path>) -> Source {
     match path {
-        Some(p) => config::load(p, &env),
-        None if Path::new(DEFAULT_CONFIG).exists() => config::load(Path::new(DEFAULT_CONFIG), &env),
-        None => {
+        Some(p) => Source::File(p.to_path_buf()),
+        None if Path::new(DEFAULT_CONFIG).exists() => Source::File(PathBuf::from(DEFAULT_CONFIG)),
+        None => Source::Embedded,
+    }
+}
+
+fn load(source: &Source) -> Result<config::Config, config::ConfigErrors> {
+    match source {
+        Source::File(p) => config::load(p, &env),
+        Source::Embedded => {
             eprintln!("ultra-gateway: {DEFAULT_CONFIG} not found; using the embedded development configuration");
             embedded::load(&env)
         }
@@ -111,14 +121,15 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let config = match load(args.config.as_deref()) {
+    let source = source(args.config.as_deref());
+    let config = match load(&source) {
         Ok(c) => c,
         Err(errors) => {
             report(&errors);
             return ExitCode::from(1);
         }
     };
-    match server::run(config, args.listen.as_deref(), &signals) {
+    match server::run(config, source, args.listen.as_deref(), &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("ultra-gateway: {msg}");
@@ -168,7 +179,7 @@ fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> ExitC
         eprintln!("ultra-gateway: invalid --ttl `{ttl}`: expected e.g. 90s, 15m, 1h, 7d");
         return ExitCode::from(2);
     };
-    let config = match load(config) {
+    let config = match load(&source(config)) {
         Ok(c) => c,
         Err(errors) => {
             report(&errors);

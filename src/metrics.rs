@@ -4,8 +4,8 @@
 //! provider names) or small fixed sets (status codes, reason codes).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// `Content-Type` of `render`'s output (Prometheus text exposition format).
@@ -33,6 +33,12 @@ pub struct Metrics {
     pub auth_decisions: IntCounterVec,
     pub audit_dropped: IntCounter,
     pub access_log_dropped: IntCounter,
+    /// Configuration reloads by result (`applied`, `rejected`).
+    pub config_reloads: IntCounterVec,
+    /// The generation of the configuration serving (1 at start, +1 per applied reload).
+    pub config_generation: IntGauge,
+    /// Unix time of the last applied reload (or of the start).
+    pub config_last_success: IntGauge,
 }
 
 impl Metrics {
@@ -90,6 +96,24 @@ impl Metrics {
             "Access-log lines dropped because the queue was full",
         )
         .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "ultra_config_reloads_total",
+                "Configuration reloads by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_generation = IntGauge::new(
+            "ultra_config_generation",
+            "Generation of the configuration serving: 1 at start, one more per applied reload",
+        )
+        .expect("valid metric");
+        let config_last_success = IntGauge::new(
+            "ultra_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last applied configuration (start or reload)",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -98,6 +122,9 @@ impl Metrics {
             Box::new(auth_decisions.clone()),
             Box::new(audit_dropped.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_generation.clone()),
+            Box::new(config_last_success.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -110,6 +137,9 @@ impl Metrics {
             auth_decisions,
             audit_dropped,
             access_log_dropped,
+            config_reloads,
+            config_generation,
+            config_last_success,
         }
     }
 

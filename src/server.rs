@@ -6,9 +6,11 @@ use crate::config::Config;
 use crate::line_sink::LineSink;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::reload::service::ReloadService;
+use crate::reload::{Reloader, Source};
 use crate::runtime::Runtime;
 use crate::signals::Signals;
-use crate::upstream::manager::{self, UpstreamManager};
+use crate::upstream::manager::UpstreamManager;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
@@ -21,13 +23,14 @@ use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How long start-up waits for the first DNS resolution of every provider.
-const FIRST_RESOLUTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the gateway and serves until a signal stops it. Returns only on a start-up error.
-pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> Result<(), String> {
+pub fn run(
+    config: Config,
+    source: Source,
+    listen_override: Option<&str>,
+    signals: &Signals,
+) -> Result<(), String> {
     let state = Arc::new(crate::state::State::default());
     let (runtime, warnings) = Runtime::compile(&config, &state).map_err(|e| e.to_string())?;
     crate::telemetry::init(&config.logging, config.mode);
@@ -38,7 +41,7 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    init_rt.block_on(warm_up(&runtime));
+    init_rt.block_on(runtime.warm_up());
     drop(init_rt);
 
     let (listener, bound) = bind(listen_override.unwrap_or(&config.server.listen))?;
@@ -57,8 +60,22 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
     let providers = config.providers.len();
     let mode = runtime.mode;
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
+    let reloader = Arc::new(Reloader::new(
+        source,
+        listen_override.is_some(),
+        config.clone(),
+        runtime.clone(),
+        state,
+        metrics.clone(),
+    ));
 
-    let gateway = Gateway::new(runtime.clone(), access_log, audit, metrics.clone());
+    let gateway = Gateway::new(
+        runtime.clone(),
+        access_log,
+        audit,
+        metrics.clone(),
+        Some(reloader.clone()),
+    );
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "ultra-gateway");
     let bound_str = bound.to_string();
     proxy.add_tcp(&bound_str);
@@ -70,6 +87,10 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
     server.add_service(background_service(
         "upstream-manager",
         UpstreamManager::new(runtime),
+    ));
+    server.add_service(background_service(
+        "config-reload",
+        ReloadService::new(reloader, signals.hangups()),
     ));
     if let (true, Some(listen)) = (config.metrics.enabled, &config.metrics.listen) {
         let mut svc = ListeningService::new("metrics".into(), MetricsApp(metrics));
@@ -86,24 +107,6 @@ pub fn run(config: Config, listen_override: Option<&str>, signals: &Signals) -> 
         "ultra-gateway started"
     );
     server.run_forever()
-}
-
-/// Makes a runtime ready for traffic before it takes any: every provider resolved and the
-/// identity provider's keys fetched (at most 10 s for both), then a first health pass (at most
-/// 10 s more), so that `/ready` is true from the first request and traffic only goes to
-/// backends that answered. A failure is not fatal: the manager keeps trying, and JWT callers
-/// get 503 until the JWKS loads.
-pub async fn warm_up(runtime: &Runtime) {
-    let jwks = async {
-        if let Some(j) = runtime.auth.jwks_url() {
-            j.refresh().await;
-        }
-    };
-    let both = async {
-        tokio::join!(manager::refresh_all(runtime), jwks);
-    };
-    let _ = tokio::time::timeout(FIRST_RESOLUTION_TIMEOUT, both).await;
-    let _ = tokio::time::timeout(FIRST_RESOLUTION_TIMEOUT, manager::check_all(runtime)).await;
 }
 
 /// Binds the listening socket (see `PreboundService`).

@@ -1,20 +1,28 @@
 //! SIGHUP and SIGUSR1: Pingora 0.9 handles neither, and their default action terminates the
-//! process, so a stray `kill -HUP` (what nginx operators send to reload) would stop the gateway.
-//! The handlers are installed first thing in `run`, before anything else can receive one.
+//! process. The handlers are installed first thing in `run`, before anything else can receive
+//! one: SIGHUP asks for a configuration reload (as nginx does), SIGUSR1 reopens the log files.
 
 use crate::line_sink::LineSink;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
 
-/// Log files to reopen on SIGUSR1 (after log rotation moved them away).
+/// Log files to reopen on SIGUSR1 (after log rotation moved them away), and the reload requests
+/// of SIGHUP.
 #[derive(Clone, Default)]
 pub struct Signals {
     sinks: Arc<parking_lot::Mutex<Vec<LineSink>>>,
+    hangups: Arc<Notify>,
 }
 
 impl Signals {
     pub fn reopen_on_usr1(&self, sink: LineSink) {
         self.sinks.lock().push(sink);
+    }
+
+    /// Notified on each SIGHUP (a SIGHUP while nobody waits is kept for the next wait).
+    pub fn hangups(&self) -> Arc<Notify> {
+        self.hangups.clone()
     }
 }
 
@@ -22,6 +30,7 @@ impl Signals {
 pub fn install() -> std::io::Result<Signals> {
     let signals = Signals::default();
     let sinks = signals.sinks.clone();
+    let hangups = signals.hangups.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -37,9 +46,10 @@ pub fn install() -> std::io::Result<Signals> {
             rt.block_on(async move {
                 loop {
                     tokio::select! {
-                        Some(()) = hup.recv() => tracing::warn!(
-                            "SIGHUP received: configuration reload is not available yet; ignored (restart to apply a new configuration)"
-                        ),
+                        Some(()) = hup.recv() => {
+                            tracing::info!("SIGHUP received: reloading the configuration");
+                            hangups.notify_one();
+                        }
                         Some(()) = usr1.recv() => {
                             let sinks = sinks.lock();
                             tracing::info!(files = sinks.len(), "SIGUSR1 received: reopening log files");

@@ -15,8 +15,8 @@
 
 use crate::auth::jwks::JwksUrl;
 use crate::upstream::backend::BackendState;
+use crate::upstream::health::ProviderHealth;
 use crate::upstream::keys::KeySlot;
-use pingora::lb::HealthRegistry;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::SocketAddr;
@@ -85,7 +85,7 @@ impl<K: Eq + Hash + Clone, V> Entries<K, V> {
 #[derive(Default)]
 pub struct State {
     pub backends: Entries<BackendKey, BackendState>,
-    pub health: Entries<Arc<str>, HealthRegistry>,
+    pub health: Entries<Arc<str>, ProviderHealth>,
     pub key_slots: Entries<(Arc<str>, Arc<str>), KeySlot>,
     pub jwks: Entries<String, JwksUrl>,
 }

@@ -12,7 +12,7 @@ use serde_yaml::{Mapping, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-const TOP_LEVEL_KEYS: &str = "`mode`, `env_files`, `server`, `logging`, `auth`, `audit`, `metrics`, `providers`, `models_file`, `models`, `default_model`";
+const TOP_LEVEL_KEYS: &str = "`mode`, `env_files`, `server`, `logging`, `auth`, `audit`, `metrics`, `reload`, `providers`, `models_file`, `models`, `default_model`";
 
 /// Loads and validates the configuration at `path`. `env` looks up environment variables
 /// (tests pass a map; the binary passes the process environment).
@@ -114,6 +114,7 @@ fn load_inner(
         auth: s.auth,
         audit: s.audit,
         metrics: s.metrics,
+        reload: s.reload,
         providers: s.providers,
         models: s.models,
         default_model: s.default_model,
@@ -167,6 +168,7 @@ struct Sections {
     auth: Option<AuthSection>,
     audit: AuditSection,
     metrics: MetricsSection,
+    reload: ReloadSection,
     providers: BTreeMap<String, ProviderSpec>,
     models: Vec<LoadedModel>,
     default_model: Option<String>,
@@ -183,6 +185,7 @@ impl Sections {
             "auth" => self.auth = de::<Option<AuthSection>>(value, file, "auth", errors).flatten(),
             "audit" => self.audit = de(value, file, "audit", errors).unwrap_or_default(),
             "metrics" => self.metrics = de(value, file, "metrics", errors).unwrap_or_default(),
+            "reload" => self.reload = de(value, file, "reload", errors).unwrap_or_default(),
             "providers" => self.providers = load_providers(value, file, errors),
             "models_file" => {
                 self.models_file =

@@ -38,6 +38,7 @@ pub struct Config {
     pub auth: Option<AuthSection>,
     pub audit: AuditSection,
     pub metrics: MetricsSection,
+    pub reload: ReloadSection,
     pub providers: BTreeMap<String, ProviderSpec>,
     pub models: Vec<LoadedModel>,
     pub default_model: Option<String>,

@@ -82,6 +82,27 @@ pub struct ExtraPath {
     pub group: Option<String>,
 }
 
+/// `reload:` live configuration changes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadSection {
+    /// Reload when the configuration file, the models file or an env file changes on disk
+    /// (an editor's write-then-rename and a Kubernetes ConfigMap update count). Default true.
+    pub watch: bool,
+    /// A change is applied once the files have been quiet this long, in milliseconds, so a
+    /// file written in several steps is read once, finished. Default 500.
+    pub debounce_ms: u64,
+}
+
+impl Default for ReloadSection {
+    fn default() -> Self {
+        ReloadSection {
+            watch: true,
+            debounce_ms: 500,
+        }
+    }
+}
+
 /// `logging:` operational log and access log.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

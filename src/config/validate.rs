@@ -321,6 +321,13 @@ fn validate_extra_paths(file: &Path, extra: &[ExtraPath], errors: &mut Vec<Confi
 
 fn validate_logging(c: &Config, errors: &mut Vec<ConfigError>) {
     let file = c.file.as_path();
+    if c.reload.debounce_ms > 60_000 {
+        errors.push(ConfigError::new(
+            file,
+            "reload.debounce_ms",
+            "must be at most 60000",
+        ));
+    }
     if !matches!(
         c.logging.level.as_str(),
         "trace" | "debug" | "info" | "warn" | "error"

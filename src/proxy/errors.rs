@@ -300,9 +300,10 @@ pub fn error_json(message: &str, error_type: &str, param: Option<&str>, code: &s
 fn unknown_endpoint_message() -> String {
     let proxied: Vec<&str> = BUILTIN_PROXY_PATHS.iter().map(|(p, _)| *p).collect();
     format!(
-        "This gateway does not serve this path. Proxied: POST {} and the operator's server.extra_paths; local: GET {}.",
+        "This gateway does not serve this path. Proxied: POST {} and the operator's server.extra_paths; local: GET {}; POST {}.",
         proxied.join(", "),
-        super::local::LISTED_PATHS.join(", ")
+        super::local::LISTED_PATHS.join(", "),
+        super::local::LISTED_POST_PATHS.join(", ")
     )
 }
 

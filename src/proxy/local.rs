@@ -22,6 +22,8 @@ pub enum Local {
     AvailableModels,
     /// `/api/providers/health` (admin).
     ProvidersHealth,
+    /// `POST /api/admin/reload` (admin): answered by `respond::reload`.
+    AdminReload,
 }
 
 const MODEL_PREFIX: &str = "/v1/models/";
@@ -32,7 +34,7 @@ impl Local {
         static MODELS: EndpointGroup = EndpointGroup::Models;
         static ADMIN: EndpointGroup = EndpointGroup::Admin;
         match self {
-            Local::ProvidersHealth => &ADMIN,
+            Local::ProvidersHealth | Local::AdminReload => &ADMIN,
             Local::Health
             | Local::Ready
             | Local::ModelsList
@@ -58,6 +60,9 @@ pub const LISTED_PATHS: &[&str] = &[
     "/ready",
 ];
 
+/// The local paths that take a `POST`, for the same message.
+pub const LISTED_POST_PATHS: &[&str] = &["/api/admin/reload"];
+
 /// Matches a normalised path.
 pub fn route(path: &str) -> Option<Local> {
     match path {
@@ -66,6 +71,7 @@ pub fn route(path: &str) -> Option<Local> {
         "/v1/models" => Some(Local::ModelsList),
         "/api/available-models" => Some(Local::AvailableModels),
         "/api/providers/health" => Some(Local::ProvidersHealth),
+        "/api/admin/reload" => Some(Local::AdminReload),
         _ if path.len() > MODEL_PREFIX.len() && path.starts_with(MODEL_PREFIX) => {
             Some(Local::Model)
         }
@@ -95,6 +101,8 @@ pub fn respond(
         return Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" });
     }
     Ok(match local {
+        // Needs the reloader and awaits it: `respond::reload`.
+        Local::AdminReload => return Err(GatewayError::Internal),
         Local::Health => plain_json(200, json!({ "status": "ok" }), request_id),
         Local::Ready => ready(rt, request_id),
         Local::ModelsList => cached(&rt.models_list(access), if_none_match, rt, request_id),
@@ -146,6 +154,7 @@ fn ready(rt: &Runtime, request_id: &str) -> LocalResponse {
     let ready = resolved && servable_count > 0 && jwks_ok;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
+        "config_generation": rt.generation,
         "checks": {
             "config_loaded": true,
             "listening": true,
@@ -226,7 +235,7 @@ mod tests {
 
     #[test]
     fn every_listed_path_is_served() {
-        for p in LISTED_PATHS {
+        for p in LISTED_PATHS.iter().chain(LISTED_POST_PATHS) {
             let path = p.replace("{id}", "gpt-4o-mini");
             assert!(route(&path).is_some(), "{p} is listed but not routed");
         }

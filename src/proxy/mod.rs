@@ -40,6 +40,7 @@ use crate::auth::rbac::Access;
 use crate::auth::Principal;
 use crate::line_sink::LineSink;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::runtime::Runtime;
 use admission::route::{Caller, Outcome};
 use admission::{Endpoint, Entry, Refused};
@@ -47,6 +48,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use errors::GatewayError;
+use local::Local;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::Digest;
@@ -70,6 +72,8 @@ pub struct Gateway {
     access_log: LineSink,
     audit: AuditLog,
     metrics: Arc<Metrics>,
+    /// Applies `POST /api/admin/reload`; `None` where nothing can be reloaded (tests).
+    reloader: Option<Arc<Reloader>>,
 }
 
 impl Gateway {
@@ -78,12 +82,14 @@ impl Gateway {
         access_log: LineSink,
         audit: AuditLog,
         metrics: Arc<Metrics>,
+        reloader: Option<Arc<Reloader>>,
     ) -> Gateway {
         Gateway {
             runtime,
             access_log,
             audit,
             metrics,
+            reloader,
         }
     }
 }
@@ -330,6 +336,9 @@ impl Gateway {
             Ok(Endpoint::Local(local)) => {
                 if !self.audit(session, ctx, Some(caller), None) {
                     return respond::error(session, ctx, GatewayError::AuditUnavailable).await;
+                }
+                if local == Local::AdminReload {
+                    return respond::reload(session, ctx, self.reloader.as_deref()).await;
                 }
                 return respond::local(session, ctx, local, caller.access).await;
             }

@@ -57,5 +57,5 @@ pub fn render(rt: &Runtime) -> Value {
             })
         })
         .collect();
-    json!({ "providers": providers })
+    json!({ "config_generation": rt.generation, "providers": providers })
 }

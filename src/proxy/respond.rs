@@ -8,6 +8,7 @@ use super::local::{self, Local, LocalResponse};
 use crate::auth::rbac::Access;
 use crate::metrics::Metrics;
 use crate::mock;
+use crate::reload::{Reloader, Trigger};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -19,10 +20,6 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError)
     ctx.error_code = Some(e.code());
     let mut resp = local::error(e, &ctx.request_id);
     ctx.decorate(&mut resp.header);
-    // A body left unread cannot be skipped reliably on this connection: close it.
-    if !session.is_body_done() {
-        session.set_keepalive(None);
-    }
     send(session, ctx, resp).await
 }
 
@@ -71,6 +68,47 @@ pub async fn metrics(session: &mut Session, ctx: &mut RequestCtx, m: &Metrics) -
     send(session, ctx, resp).await
 }
 
+/// `POST /api/admin/reload`: runs a reload and says what it changed (200), or why the new
+/// configuration was refused (422; the running one stays).
+pub async fn reload(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    reloader: Option<&Reloader>,
+) -> Result<bool> {
+    if session.req_header().method != http::Method::POST {
+        let allow = "POST";
+        return error(session, ctx, GatewayError::MethodNotAllowed { allow }).await;
+    }
+    let Some(reloader) = reloader else {
+        return error(session, ctx, GatewayError::Internal).await;
+    };
+    let (status, body) = match reloader.reload(Trigger::Admin).await {
+        Ok(applied) => (
+            200,
+            serde_json::json!({
+                "result": "applied",
+                "generation": applied.generation,
+                "changes": applied.changes,
+                "needs_restart": applied.needs_restart,
+                "warnings": applied.warnings,
+            }),
+        ),
+        Err(problems) => (
+            422,
+            serde_json::json!({ "result": "rejected", "errors": problems }),
+        ),
+    };
+    let body = Bytes::from(serde_json::to_vec(&body).expect("JSON value serializes"));
+    let mut header = super::errors::json_header(status, &ctx.request_id, body.len());
+    header.insert_header("cache-control", "no-store")?;
+    let resp = LocalResponse {
+        status,
+        header,
+        body,
+    };
+    send(session, ctx, resp).await
+}
+
 /// The built-in mock answers `route` in place with `body` (already renamed for it).
 pub async fn mock(
     session: &mut Session,
@@ -100,6 +138,10 @@ pub async fn mock(
 /// Writes a response the gateway made (headers only for HEAD) and records it for the logs.
 async fn send(session: &mut Session, ctx: &mut RequestCtx, resp: LocalResponse) -> Result<bool> {
     ctx.local_status = Some(resp.status);
+    // A body left unread cannot be skipped reliably on this connection: close it.
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
     let head = session.req_header().method == http::Method::HEAD;
     let has_body = !head && !resp.body.is_empty();
     session

@@ -53,6 +53,7 @@ impl Runtime {
             auth: auth_section,
             audit: _,
             metrics,
+            reload: _,
             providers: provider_specs,
             models: _,
             default_model: _,
@@ -94,6 +95,7 @@ impl Runtime {
             trusted_proxies: TrustedProxies::parse(&server.trusted_proxies).unwrap_or_default(),
             test_mock,
             metrics_on_main: metrics.enabled && metrics.listen.is_none(),
+            generation: 1,
             extra_paths: extra_paths(config),
             views: RwLock::new(HashMap::new()),
         };

@@ -6,6 +6,7 @@
 mod compile;
 #[cfg(test)]
 mod tests;
+mod warm_up;
 
 use crate::auth::client_addr::TrustedProxies;
 use crate::auth::rbac::Access;
@@ -37,6 +38,8 @@ pub struct Runtime {
     pub test_mock: Option<ProviderIdx>,
     /// `/metrics` is served on the main listener.
     pub metrics_on_main: bool,
+    /// Which configuration this is: 1 at start, one more per applied reload.
+    pub generation: u64,
     /// Model lists per role set: the caller sees only what it may use.
     views: RwLock<HashMap<Access, View>>,
 }

@@ -14,11 +14,12 @@ use super::provider::RequestAuth;
 use super::timeouts::Timeouts;
 use super::tls::CaList;
 use crate::config::{HealthCheckKind, HealthCheckSpec};
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::HealthCheck;
-use pingora::lb::Backend;
+use pingora::lb::{Backend, HealthRegistry};
 use pingora::{Error, ErrorType};
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,5 +143,50 @@ impl HealthCheck for ProviderProbe {
         } else {
             self.unhealthy_after
         }
+    }
+}
+
+/// A provider's health-check registry, shared by the pools of successive configurations so
+/// that backends keep their verdicts across a reload. Pingora 0.9.1's `HealthRegistry` takes
+/// its check once (`set_health_check` asserts it is unset), so the registry gets a
+/// `SwappableCheck` and a reload swaps the probe inside it.
+pub struct ProviderHealth {
+    pub registry: Arc<HealthRegistry>,
+    check: Arc<SwappableCheck>,
+}
+
+impl ProviderHealth {
+    pub fn new(check: Box<dyn HealthCheck + Send + Sync>) -> ProviderHealth {
+        let check = Arc::new(SwappableCheck(ArcSwap::from_pointee(check)));
+        let registry = Arc::new(HealthRegistry::new());
+        registry.set_health_check(Box::new(SharedCheck(check.clone())));
+        ProviderHealth { registry, check }
+    }
+
+    /// The probe of the configuration being applied, for every later pass.
+    pub fn replace_check(&self, check: Box<dyn HealthCheck + Send + Sync>) {
+        self.check.0.store(Arc::new(check));
+    }
+}
+
+struct SwappableCheck(ArcSwap<Box<dyn HealthCheck + Send + Sync>>);
+
+/// The registry's handle on the swappable probe.
+struct SharedCheck(Arc<SwappableCheck>);
+
+#[async_trait]
+impl HealthCheck for SharedCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let probe = self.0 .0.load_full();
+        probe.check(target).await
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        let probe = self.0 .0.load_full();
+        probe.health_status_change(target, healthy).await
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.0 .0.load().health_threshold(success)
     }
 }

@@ -40,10 +40,11 @@ pub async fn refresh_all(rt: &Runtime) {
     while set.join_next().await.is_some() {}
 }
 
-/// Runs the first health check of every pool, concurrently (start-up, before traffic).
-pub async fn check_all(rt: &Runtime) {
+/// Runs a health pass, concurrently, for every pool that has a backend no check has passed yet
+/// (start-up and reloads, before traffic: such backends take none until checked).
+pub async fn check_unchecked(rt: &Runtime) {
     let mut set = tokio::task::JoinSet::new();
-    for pool in rt.pools() {
+    for pool in rt.pools().filter(|p| p.has_unchecked()) {
         let pool = pool.clone();
         set.spawn(async move { pool.check_health().await });
     }

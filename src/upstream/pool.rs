@@ -9,11 +9,12 @@ pub use super::backend::BackendState;
 use super::breaker::BreakerPolicy;
 use super::discovery::DnsDiscovery;
 use super::endpoint::Endpoint;
+use super::health::ProviderHealth;
 use crate::config::Strategy;
 use crate::state::State;
 use pingora::lb::health_check::HealthCheck;
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
-use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
+use pingora::lb::{Backend, Backends, LoadBalancer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,8 @@ pub struct Pool {
     resolved_once: AtomicBool,
     /// Seconds between health-check passes; `None` when checks are off.
     health_interval: Option<Duration>,
+    /// Keeps the provider's shared health registry (and its probe) alive with this pool.
+    _health: Option<Arc<ProviderHealth>>,
     next_check: parking_lot::Mutex<Option<Instant>>,
 }
 
@@ -87,25 +90,27 @@ impl Pool {
         // With checks on, verdicts live in the provider's health registry, shared by the pools
         // of successive configurations. With checks off, a fresh one: no verdict of a past
         // check may keep a backend out when nothing will check it again.
-        let backends = if s.health.is_some() {
-            let registry = state
-                .health
-                .get_or_insert(&s.provider, || Arc::new(HealthRegistry::new()));
-            Backends::new_with_health_registry(Box::new(discovery), registry)
-        } else {
-            Backends::new(Box::new(discovery))
-        };
         let health_interval = s.health.as_ref().map(|(_, i)| *i);
-        let mut lb = match s.strategy {
+        let health = s.health.map(|(check, _)| {
+            state.health.adopt(&s.provider, |known| match known {
+                Some(h) => {
+                    h.replace_check(check);
+                    h
+                }
+                None => Arc::new(ProviderHealth::new(check)),
+            })
+        });
+        let backends = match &health {
+            Some(h) => Backends::new_with_health_registry(Box::new(discovery), h.registry.clone()),
+            None => Backends::new(Box::new(discovery)),
+        };
+        let lb = match s.strategy {
             Strategy::RoundRobin | Strategy::Weighted => {
                 Balancer::RoundRobin(LoadBalancer::from_backends(backends))
             }
             Strategy::Random => Balancer::Random(LoadBalancer::from_backends(backends)),
             Strategy::Consistent => Balancer::Consistent(LoadBalancer::from_backends(backends)),
         };
-        if let Some((check, _)) = s.health {
-            with_lb!(&mut lb, l => l.set_health_check(check));
-        }
         Pool {
             provider: s.provider,
             strategy: s.strategy,
@@ -113,6 +118,7 @@ impl Pool {
             refresh: s.refresh,
             resolved_once: AtomicBool::new(false),
             health_interval,
+            _health: health,
             next_check: parking_lot::Mutex::new(None),
         }
     }

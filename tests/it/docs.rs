@@ -19,6 +19,7 @@ const STRUCT_PATHS: &[(&str, &str)] = &[
     ("RoleSpec", "auth.roles"),
     ("AuditSection", "audit"),
     ("MetricsSection", "metrics"),
+    ("ReloadSection", "reload"),
     ("ProviderSpec", "providers.<name>"),
     ("HealthCheckSpec", "providers.<name>.health_check"),
     ("BreakerSpec", "providers.<name>.breaker"),
