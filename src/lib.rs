@@ -15,6 +15,7 @@ pub mod registry;
 pub mod reload;
 pub mod runtime;
 pub mod server;
+pub mod shutdown;
 pub mod signals;
 pub mod state;
 pub mod telemetry;

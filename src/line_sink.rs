@@ -22,6 +22,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct LineSink {
     tx: Option<SyncSender<Vec<u8>>>,
+    /// Flush requests the writer has carried out (see `flush`).
+    flushed: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
     reopen: Arc<AtomicBool>,
     on_drop: Option<DropHook>,
@@ -72,6 +74,7 @@ impl LineSink {
             "off" => {
                 return Ok(LineSink {
                     tx: None,
+                    flushed: Arc::default(),
                     dropped: Arc::default(),
                     reopen,
                     on_drop: None,
@@ -84,6 +87,8 @@ impl LineSink {
         let first = dest.open()?;
         let (tx, rx) = sync_channel::<Vec<u8>>(queue_lines.max(1));
         let flag = reopen.clone();
+        let flushed = Arc::new(AtomicU64::new(0));
+        let done = flushed.clone();
         std::thread::Builder::new()
             .name(thread_name.into())
             .spawn(move || {
@@ -101,6 +106,11 @@ impl LineSink {
                     let mut wrote = false;
                     loop {
                         match rx.try_recv() {
+                            // An empty line is a flush request (see `flush`).
+                            Ok(line) if line.is_empty() => {
+                                let _ = out.flush();
+                                done.fetch_add(1, Ordering::AcqRel);
+                            }
                             Ok(line) => {
                                 let _ = out.write_all(&line);
                                 wrote = true;
@@ -122,6 +132,9 @@ impl LineSink {
                         Ok(line) => {
                             let _ = out.write_all(&line);
                             let _ = out.flush();
+                            if line.is_empty() {
+                                done.fetch_add(1, Ordering::AcqRel);
+                            }
                         }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => {
@@ -133,6 +146,7 @@ impl LineSink {
             })?;
         Ok(LineSink {
             tx: Some(tx),
+            flushed,
             dropped: Arc::default(),
             reopen,
             on_drop: None,
@@ -174,6 +188,23 @@ impl LineSink {
         }
     }
 
+    /// Waits (at most `timeout`) until every line queued so far is written and flushed: before
+    /// the process exits, so that the last requests' lines are not lost.
+    pub fn flush(&self, timeout: Duration) {
+        let Some(tx) = &self.tx else { return };
+        let before = self.flushed.load(Ordering::Acquire);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut queued = false;
+        while std::time::Instant::now() < deadline {
+            if !queued {
+                queued = tx.try_send(Vec::new()).is_ok();
+            } else if self.flushed.load(Ordering::Acquire) > before {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Asks the writer to reopen its file (after log rotation moved it away).
     pub fn request_reopen(&self) {
         self.reopen.store(true, Ordering::Release);
@@ -205,5 +236,18 @@ mod tests {
             );
             std::thread::yield_now();
         }
+    }
+
+    #[test]
+    fn flush_waits_for_the_queued_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        let sink = LineSink::open(path.to_str().unwrap(), "test-flush").unwrap();
+        for i in 0..100 {
+            sink.write_json(&serde_json::json!({ "i": i }));
+        }
+        sink.flush(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 100, "all written when flush returns");
     }
 }

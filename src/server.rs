@@ -9,6 +9,7 @@ use crate::proxy::Gateway;
 use crate::reload::service::ReloadService;
 use crate::reload::{Reloader, Source};
 use crate::runtime::Runtime;
+use crate::shutdown::{self, Drain};
 use crate::signals::Signals;
 use crate::upstream::manager::UpstreamManager;
 use arc_swap::ArcSwap;
@@ -23,6 +24,14 @@ use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How much longer than the configured grace period Pingora's own sleep lasts (it never does:
+/// `shutdown::supervise` exits first).
+const PINGORA_GRACE_MARGIN: u64 = 5;
+
+/// Longest wait for each log's last lines at exit.
+const LOG_FLUSH: Duration = Duration::from_secs(2);
 
 /// Starts the gateway and serves until a signal stops it. Returns only on a start-up error.
 pub fn run(
@@ -69,12 +78,27 @@ pub fn run(
         metrics.clone(),
     ));
 
+    let drain = Drain::new();
+    let logs = (access_log.clone(), audit.clone());
+    let grace = Duration::from_secs(config.server.grace_period_seconds);
+    shutdown::supervise(
+        server.watch_execution_phase(),
+        drain.clone(),
+        grace,
+        move || {
+            // The last requests' lines, before the process ends.
+            logs.0.flush(LOG_FLUSH);
+            logs.1.flush(LOG_FLUSH);
+        },
+    )
+    .map_err(|e| format!("cannot start the shutdown supervisor: {e}"))?;
     let gateway = Gateway::new(
         runtime.clone(),
         access_log,
         audit,
         metrics.clone(),
         Some(reloader.clone()),
+        drain,
     );
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "ultra-gateway");
     let bound_str = bound.to_string();
@@ -163,7 +187,9 @@ fn open_logs(
 fn server_conf(config: &Config) -> ServerConf {
     ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(config.server.grace_period_seconds),
+        // A backstop only: `shutdown::supervise` ends the process once nothing is in flight, or
+        // at the end of the configured grace period after cutting what remains.
+        grace_period_seconds: Some(config.server.grace_period_seconds + PINGORA_GRACE_MARGIN),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
         // Pingora's cap on upstream round trips per request (16 by default). The gateway's own
         // plan bounds them (retry.max_attempts, plus one free try per provider key and per

@@ -39,6 +39,11 @@ pub struct AuditLog {
 pub struct MustReject;
 
 impl AuditLog {
+    /// Waits until the lines queued so far are written (before the process exits).
+    pub fn flush(&self, timeout: std::time::Duration) {
+        self.sink.flush(timeout);
+    }
+
     /// `sink` counts its dropped lines (see `LineSink::on_drop`).
     pub fn new(sink: LineSink, policy: AuditOverflow) -> AuditLog {
         AuditLog { sink, policy }

@@ -8,6 +8,7 @@ use super::timers::AttemptTimer;
 use super::DEFAULT_MODEL_HEADER;
 use crate::auth::Principal;
 use crate::runtime::Runtime;
+use crate::shutdown::InFlight;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use std::borrow::Cow;
@@ -20,6 +21,8 @@ pub struct RequestCtx {
     /// The configuration this request is served by, from start to end (a reload swaps in a new
     /// one for later requests).
     pub(super) rt: Arc<Runtime>,
+    /// Counts this request in flight until the context drops (see `shutdown`).
+    _in_flight: InFlight,
     pub(super) request_id: String,
     /// Normalised path.
     pub(super) path: String,
@@ -70,10 +73,11 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(rt: Arc<Runtime>) -> RequestCtx {
+    pub fn new(rt: Arc<Runtime>, in_flight: InFlight) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
             rt,
+            _in_flight: in_flight,
             request_id: String::new(),
             path: String::new(),
             route: None,

@@ -57,6 +57,8 @@ pub enum GatewayError {
     AuditUnavailable,
     /// A failure inside the gateway.
     Internal,
+    /// The gateway is shutting down and its grace period ended before the response did.
+    ShuttingDown,
 }
 
 impl GatewayError {
@@ -80,7 +82,7 @@ impl GatewayError {
                     401
                 }
             },
-            GatewayError::AuditUnavailable => 503,
+            GatewayError::AuditUnavailable | GatewayError::ShuttingDown => 503,
             GatewayError::Internal => 500,
         }
     }
@@ -108,7 +110,9 @@ impl GatewayError {
                 | RefusalKind::InvalidApiKey
                 | RefusalKind::Unavailable => "authentication_error",
             },
-            GatewayError::AuditUnavailable | GatewayError::Internal => "server_error",
+            GatewayError::AuditUnavailable
+            | GatewayError::Internal
+            | GatewayError::ShuttingDown => "server_error",
         }
     }
 
@@ -136,6 +140,7 @@ impl GatewayError {
             },
             GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Internal => "internal_error",
+            GatewayError::ShuttingDown => "gateway_shutting_down",
         }
     }
 
@@ -185,6 +190,9 @@ impl GatewayError {
                 "The gateway cannot record this request in its audit log right now. Try again shortly.".into()
             }
             GatewayError::Internal => "The gateway failed to handle this request.".into(),
+            GatewayError::ShuttingDown => {
+                "This gateway is shutting down and could not finish the response in time. Retry; another instance will serve it.".into()
+            }
         }
     }
 
@@ -200,7 +208,7 @@ impl GatewayError {
                 | RefusalKind::InvalidApiKey
                 | RefusalKind::Forbidden => None,
             },
-            GatewayError::AuditUnavailable => Some(1),
+            GatewayError::AuditUnavailable | GatewayError::ShuttingDown => Some(1),
             GatewayError::InvalidJson(_)
             | GatewayError::MissingModel(_)
             | GatewayError::ModelNotFound { .. }
@@ -222,9 +230,11 @@ impl GatewayError {
     /// own credentials, never improve on retry either.
     pub fn should_retry(&self) -> Option<bool> {
         match self {
-            // Transient on the gateway's side, or a stalled upload that may well go through the
-            // next time: the SDK's own policy decides.
-            GatewayError::AuditUnavailable | GatewayError::BodyTimeout { .. } => None,
+            // Transient on the gateway's side (another instance serves a retry), or a stalled
+            // upload that may well go through the next time: the SDK's own policy decides.
+            GatewayError::AuditUnavailable
+            | GatewayError::ShuttingDown
+            | GatewayError::BodyTimeout { .. } => None,
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Unavailable => None,
                 RefusalKind::Missing
@@ -425,6 +435,12 @@ mod tests {
                 500,
                 "server_error",
                 "internal_error",
+            ),
+            (
+                GatewayError::ShuttingDown,
+                503,
+                "server_error",
+                "gateway_shutting_down",
             ),
             (
                 GatewayError::Auth(Refusal::MissingCredentials),

@@ -42,6 +42,7 @@ use crate::line_sink::LineSink;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
+use crate::shutdown::Drain;
 use admission::route::{Caller, Outcome};
 use admission::{Endpoint, Entry, Refused};
 use arc_swap::ArcSwap;
@@ -74,6 +75,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Applies `POST /api/admin/reload`; `None` where nothing can be reloaded (tests).
     reloader: Option<Arc<Reloader>>,
+    /// Requests in flight, for a shutdown that waits no longer than they need.
+    drain: Arc<Drain>,
 }
 
 impl Gateway {
@@ -83,6 +86,7 @@ impl Gateway {
         audit: AuditLog,
         metrics: Arc<Metrics>,
         reloader: Option<Arc<Reloader>>,
+        drain: Arc<Drain>,
     ) -> Gateway {
         Gateway {
             runtime,
@@ -90,6 +94,7 @@ impl Gateway {
             audit,
             metrics,
             reloader,
+            drain,
         }
     }
 }
@@ -99,7 +104,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.runtime.load_full())
+        RequestCtx::new(self.runtime.load_full(), self.drain.enter())
     }
 
     fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
@@ -166,7 +171,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(t) = ctx.plan.as_ref().and_then(|p| p.target()) {
-            let timer = timers::AttemptTimer::start(t.timeouts);
+            let timer = timers::AttemptTimer::start(t.timeouts, self.drain.cut_signal());
             timer.set_fd(fd);
             ctx.timer = Some(timer);
         }

@@ -13,6 +13,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Which limit ran out.
@@ -21,6 +22,8 @@ pub enum Expired {
     FirstByte,
     BetweenChunks,
     Total,
+    /// The gateway's shutdown grace period ended with this attempt still running.
+    Shutdown,
 }
 
 #[derive(Debug)]
@@ -55,8 +58,9 @@ pub struct AttemptTimer {
 }
 
 impl AttemptTimer {
-    /// Arms the first-byte and total limits, counted from now (the request being sent).
-    pub fn start(limits: Timeouts) -> AttemptTimer {
+    /// Arms the first-byte and total limits, counted from now (the request being sent). `cut`
+    /// (the shutdown's) ends the attempt too when it turns true.
+    pub fn start(limits: Timeouts, cut: watch::Receiver<bool>) -> AttemptTimer {
         let base = Instant::now();
         let state = Arc::new(State {
             base,
@@ -67,7 +71,7 @@ impl AttemptTimer {
             socket: Mutex::new(Socket::default()),
         });
         let s = state.clone();
-        let task = tokio::spawn(async move { watch(s).await });
+        let task = tokio::spawn(async move { watch_attempt(s, cut).await });
         AttemptTimer {
             state,
             limits,
@@ -107,6 +111,7 @@ impl AttemptTimer {
             1 => Some(Expired::FirstByte),
             2 => Some(Expired::BetweenChunks),
             3 => Some(Expired::Total),
+            4 => Some(Expired::Shutdown),
             _ => None,
         }
     }
@@ -127,12 +132,28 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
-async fn watch(s: Arc<State>) {
+async fn watch_attempt(s: Arc<State>, mut cut: watch::Receiver<bool>) {
+    let mut cutting = true;
     loop {
         let phase = s.phase_deadline.load(Ordering::Acquire);
         let deadline = phase.min(s.total_deadline);
-        tokio::time::sleep_until(s.base + Duration::from_millis(deadline)).await;
+        let sleep = tokio::time::sleep_until(s.base + Duration::from_millis(deadline));
+        let shutdown = tokio::select! {
+            _ = sleep => false,
+            changed = cut.wait_for(|c| *c), if cutting => match changed {
+                Ok(_) => true,
+                // No shutdown can come any more: only the limits are left to watch.
+                Err(_) => {
+                    cutting = false;
+                    continue;
+                }
+            },
+        };
         if lock(&s.socket).done {
+            return;
+        }
+        if shutdown {
+            fire(&s, 4);
             return;
         }
         let now = ms(s.base.elapsed());
@@ -149,22 +170,31 @@ async fn watch(s: Arc<State>) {
             // Progress moved the deadline on: sleep again.
             continue;
         };
-        let socket = lock(&s.socket);
-        if socket.done {
-            return;
-        }
-        s.fired.store(which, Ordering::Release);
-        if let Some(fd) = socket.fd {
-            // The pending read fails at once; Pingora then drops the connection.
-            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
-        }
+        fire(&s, which);
         return;
+    }
+}
+
+/// Records which limit ran out and shuts the attempt's socket down.
+fn fire(s: &State, which: u8) {
+    let socket = lock(&s.socket);
+    if socket.done {
+        return;
+    }
+    s.fired.store(which, Ordering::Release);
+    if let Some(fd) = socket.fd {
+        // The pending read fails at once; Pingora then drops the connection.
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn never_cut() -> watch::Receiver<bool> {
+        watch::channel(false).1
+    }
 
     fn limits(first: u64, gap: u64, total: u64) -> Timeouts {
         Timeouts {
@@ -177,7 +207,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn first_byte_then_gaps_then_total() {
-        let t = AttemptTimer::start(limits(1000, 200, 5000));
+        let t = AttemptTimer::start(limits(1000, 200, 5000), never_cut());
         tokio::time::sleep(Duration::from_millis(999)).await;
         assert_eq!(t.expired(), None);
         t.progress();
@@ -189,11 +219,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(t.expired(), Some(Expired::BetweenChunks));
 
-        let t = AttemptTimer::start(limits(1000, 200, 5000));
+        let t = AttemptTimer::start(limits(1000, 200, 5000), never_cut());
         tokio::time::sleep(Duration::from_millis(1001)).await;
         assert_eq!(t.expired(), Some(Expired::FirstByte));
 
-        let t = AttemptTimer::start(limits(1000, 400, 1200));
+        let t = AttemptTimer::start(limits(1000, 400, 1200), never_cut());
         tokio::time::sleep(Duration::from_millis(500)).await;
         for _ in 0..5 {
             t.progress();
@@ -208,9 +238,24 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn disarmed_timers_never_fire() {
-        let t = AttemptTimer::start(limits(100, 100, 100));
+        let t = AttemptTimer::start(limits(100, 100, 100), never_cut());
         t.disarm();
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(t.expired(), None);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_shutdown_cuts_an_attempt_at_once() {
+        let (tx, rx) = watch::channel(false);
+        let t = AttemptTimer::start(limits(60_000, 60_000, 60_000), rx);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(t.expired(), None);
+        tx.send_replace(true);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(t.expired(), Some(Expired::Shutdown));
+        // Started after the cut: ends at once too.
+        let t = AttemptTimer::start(limits(60_000, 60_000, 60_000), tx.subscribe());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(t.expired(), Some(Expired::Shutdown));
     }
 }

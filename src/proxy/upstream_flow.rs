@@ -6,6 +6,7 @@ use super::ctx::RequestCtx;
 use super::errors::GatewayError;
 use super::headers;
 use super::model_field;
+use super::timers::Expired;
 use crate::upstream::keys::ProviderKey;
 use crate::upstream::peer::http_peer;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -188,10 +189,27 @@ pub fn on_connect_failure(ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
     backend_failed(ctx, e)
 }
 
+/// The shutdown cut the attempt: not the backend's failure, and nothing to retry.
+fn shutting_down(ctx: &RequestCtx) -> bool {
+    ctx.timer
+        .as_ref()
+        .is_some_and(|t| t.expired() == Some(Expired::Shutdown))
+}
+
 /// The attempt failed because of its backend: recorded against it, and retried while the
 /// budget allows. Otherwise the client's error is decided now, while the attempt's timer still
 /// tells whether a limit ran out.
 fn backend_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    if shutting_down(ctx) {
+        end_attempt_timer(ctx);
+        if let Some(plan) = ctx.plan.as_mut() {
+            // Its breaker ticket is dropped unjudged.
+            plan.current = None;
+        }
+        ctx.pending_error = Some(GatewayError::ShuttingDown);
+        e.set_retry(false);
+        return e;
+    }
     let now = tokio::time::Instant::now();
     let failure = classify(&e, ctx).unwrap_or(GatewayError::Internal);
     end_attempt_timer(ctx);
@@ -264,6 +282,10 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, client_gone: bool, broke: bool)
     let Some(a) = ctx.plan.as_mut().and_then(|p| p.current.take()) else {
         return;
     };
+    if ctx.error_code == Some(GatewayError::ShuttingDown.code()) {
+        // Cut by the shutdown, not by the backend: no verdict (the ticket is dropped).
+        return;
+    }
     let now = tokio::time::Instant::now();
     let failed = status >= 500 || status == 0 || broke || ctx.response.error_event;
     if let Some(t) = a.ticket {
@@ -297,6 +319,7 @@ pub fn classify(e: &Error, ctx: &RequestCtx) -> Option<GatewayError> {
             ErrorSource::Unset | ErrorSource::Internal,
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
         ) => None,
+        _ if shutting_down(ctx) => Some(GatewayError::ShuttingDown),
         _ if ctx.timer.as_ref().is_some_and(|t| t.expired().is_some()) => {
             Some(GatewayError::UpstreamTimeout {
                 provider: provider(),

@@ -18,5 +18,6 @@ mod pools;
 mod production;
 mod reload;
 mod routing;
+mod shutdown;
 mod streaming;
 mod tls_upstream;

@@ -30,7 +30,7 @@ models:
 
 /// A request for `model` routed and its first attempt chosen, as `request_filter` leaves it.
 fn routed(rt: &Arc<Runtime>, model: &str) -> RequestCtx {
-    let mut ctx = RequestCtx::new(rt.clone());
+    let mut ctx = RequestCtx::new(rt.clone(), crate::shutdown::Drain::new().enter());
     ctx.request_id = "rid".into();
     let m = rt.registry.get(rt.registry.lookup(model).unwrap());
     let now = tokio::time::Instant::now();

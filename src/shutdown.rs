@@ -1,0 +1,151 @@
+//! Graceful shutdown that takes as long as the work needs. On SIGTERM Pingora 0.9 stops
+//! accepting, then sleeps the whole `grace_period_seconds` whether or not requests are in
+//! flight. The gateway counts the requests in flight itself and exits as soon as none is left;
+//! at the end of the grace period it cuts what still runs (a stream ends with an SSE error event
+//! rather than silently) and exits. Before exiting it flushes its logs and runs its exit hooks
+//! (the state file).
+
+use pingora::server::ExecutionPhase;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
+
+/// Time given to cut requests to end (their error responses and log lines) before the exit.
+const CUT_WAIT: Duration = Duration::from_secs(2);
+
+/// The requests in flight, and the signal that cuts them.
+pub struct Drain {
+    in_flight: AtomicUsize,
+    cut: watch::Sender<bool>,
+}
+
+impl Drain {
+    pub fn new() -> Arc<Drain> {
+        Arc::new(Drain {
+            in_flight: AtomicUsize::new(0),
+            cut: watch::channel(false).0,
+        })
+    }
+
+    /// Counts a request in flight until the returned guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Becomes `true` when what is still in flight must end now.
+    pub fn cut_signal(&self) -> watch::Receiver<bool> {
+        self.cut.subscribe()
+    }
+
+    fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+}
+
+/// One request in flight (see `Drain::enter`).
+pub struct InFlight(Arc<Drain>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
+    }
+}
+
+/// Watches Pingora's execution phases on a thread of its own; once shutdown has started (the
+/// listeners no longer accept), waits for the requests in flight, for at most `grace`, cuts the
+/// rest, runs `at_exit` and ends the process.
+pub fn supervise(
+    mut phases: broadcast::Receiver<ExecutionPhase>,
+    drain: Arc<Drain>,
+    grace: Duration,
+    at_exit: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("ultra-shutdown".into())
+        .spawn(move || {
+            loop {
+                match phases.blocking_recv() {
+                    Ok(ExecutionPhase::ShutdownStarted) => break,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            let started = Instant::now();
+            tracing::info!(
+                in_flight = drain.in_flight(),
+                grace_seconds = grace.as_secs(),
+                "shutting down: waiting for the requests in flight"
+            );
+            let idle = wait_until_idle(&drain, started + grace);
+            if !idle {
+                tracing::warn!(
+                    in_flight = drain.in_flight(),
+                    "grace period over: ending the requests still in flight"
+                );
+                drain.cut();
+                wait_until_idle(&drain, Instant::now() + CUT_WAIT);
+            }
+            at_exit();
+            tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                "ultra-gateway stopped"
+            );
+            std::process::exit(0);
+        })?;
+    Ok(())
+}
+
+/// Whether nothing is in flight any more before `deadline`.
+fn wait_until_idle(drain: &Drain, deadline: Instant) -> bool {
+    loop {
+        if drain.in_flight() == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_while_their_guard_lives() {
+        let d = Drain::new();
+        let a = d.enter();
+        let b = d.enter();
+        assert_eq!(d.in_flight(), 2);
+        drop(a);
+        assert_eq!(d.in_flight(), 1);
+        let cut = d.cut_signal();
+        assert!(!*cut.borrow());
+        d.cut();
+        assert!(*cut.borrow());
+        drop(b);
+        assert!(wait_until_idle(&d, Instant::now()));
+    }
+
+    #[test]
+    fn waiting_ends_at_the_deadline() {
+        let d = Drain::new();
+        let _busy = d.enter();
+        let t = Instant::now();
+        assert!(!wait_until_idle(&d, t + Duration::from_millis(20)));
+        assert!(t.elapsed() >= Duration::from_millis(20));
+    }
+}
