@@ -71,6 +71,10 @@ struct RunArgs {
     /// Listen address (IP:PORT), overriding server.listen. Port 0 picks a free port.
     #[arg(long)]
     listen: Option<String>,
+    /// Take the listening sockets over from the running gateway (send it SIGQUIT once this one
+    /// waits for them): a binary upgrade without a refused connection.
+    #[arg(short, long)]
+    upgrade: bool,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -129,7 +133,11 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match server::run(config, source, args.listen.as_deref(), &signals) {
+    let opts = server::RunOptions {
+        listen: args.listen.clone(),
+        upgrade: args.upgrade,
+    };
+    match server::run(config, source, opts, &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("ultra-gateway: {msg}");

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::proxy::{http_proxy_service_with_name, HttpProxy};
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ListenFds, Server, ShutdownWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service as ListeningService;
@@ -30,14 +30,27 @@ use std::time::Duration;
 /// `shutdown::supervise` exits first).
 const PINGORA_GRACE_MARGIN: u64 = 5;
 
+/// Longest wait, after an upgrade hand-over, for the old process's state file.
+const STATE_HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
 /// Longest wait for each log's last lines at exit.
 const LOG_FLUSH: Duration = Duration::from_secs(2);
 
 /// Starts the gateway and serves until a signal stops it. Returns only on a start-up error.
+/// How the process was started.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// `--listen`: overrides `server.listen`.
+    pub listen: Option<String>,
+    /// `--upgrade`: take the listening sockets from the running process (Pingora's hand-over,
+    /// triggered by sending it SIGQUIT) instead of binding them.
+    pub upgrade: bool,
+}
+
 pub fn run(
     config: Config,
     source: Source,
-    listen_override: Option<&str>,
+    opts: RunOptions,
     signals: &Signals,
 ) -> Result<(), String> {
     let state = Arc::new(crate::state::State::default());
@@ -46,14 +59,23 @@ pub fn run(
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let init_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    init_rt.block_on(runtime.warm_up());
-    drop(init_rt);
-
-    let (listener, bound) = bind(listen_override.unwrap_or(&config.server.listen))?;
+    let state_file = config
+        .server
+        .state_file
+        .as_ref()
+        .map(|p| config.resolve_path(p));
+    let listen = opts.listen.as_deref().unwrap_or(&config.server.listen);
+    // A new binary taking over (`--upgrade`) finds the sockets in what the old process sends;
+    // otherwise the gateway binds them itself (see `PreboundService`).
+    let (listener, bound) = if opts.upgrade {
+        let addr = listen
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("invalid listen address `{listen}`: expected IP:PORT"))?;
+        (None, addr)
+    } else {
+        let (l, addr) = bind(listen)?;
+        (Some(l), addr)
+    };
     if config.auth.as_ref().is_some_and(|a| a.test_tokens) && !bound.ip().is_loopback() {
         tracing::warn!(
             listen = %bound,
@@ -63,35 +85,87 @@ pub fn run(
     let metrics = Arc::new(Metrics::new());
     let (access_log, audit) = open_logs(&config, &metrics, signals)?;
 
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    let mut server = Server::new_with_opt_and_conf(
+        Some(Opt {
+            upgrade: opts.upgrade,
+            ..Opt::default()
+        }),
+        server_conf(&config),
+    );
+    let started_at = std::time::SystemTime::now();
+    if opts.upgrade {
+        tracing::info!(
+            sock = %config.server.upgrade_sock.display(),
+            "waiting for the running gateway's sockets: send it SIGQUIT"
+        );
+    }
+    // With `--upgrade`, this is where the old process's listening sockets arrive.
     server.bootstrap();
+    if let Some(path) = &state_file {
+        // After an upgrade hand-over, the old process writes the file as it hands over: wait
+        // briefly for that write rather than read an older one.
+        if opts.upgrade {
+            wait_for_write_after(path, started_at, STATE_HANDOVER_WAIT);
+        }
+        if let Some(snapshot) = crate::state::file::Snapshot::read(path) {
+            tracing::info!(
+                path = %path.display(),
+                backends = snapshot.backends.len(),
+                keys = snapshot.keys.len(),
+                age_seconds = snapshot.age_ms() / 1000,
+                "state taken over from the state file"
+            );
+            state.adopt_snapshot(snapshot);
+        }
+    }
+    let init_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    init_rt.block_on(runtime.warm_up());
+    drop(init_rt);
+
     let models = runtime.registry.models().len();
     let providers = config.providers.len();
     let mode = runtime.mode;
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
     let reloader = Arc::new(Reloader::new(
         source,
-        listen_override.is_some(),
+        opts.listen.is_some(),
         config.clone(),
         runtime.clone(),
-        state,
+        state.clone(),
         metrics.clone(),
     ));
 
     let drain = Drain::new();
     let logs = (access_log.clone(), audit.clone());
     let grace = Duration::from_secs(config.server.grace_period_seconds);
-    shutdown::supervise(
-        server.watch_execution_phase(),
-        drain.clone(),
-        grace,
-        move || {
+    // Holds the serving runtime: the state's entries are weak, and Pingora drops its services
+    // (and their runtimes) while the process winds down.
+    let serving = runtime.clone();
+    let save = move || {
+        let _alive = serving.load_full();
+        if let Some(path) = &state_file {
+            match state.snapshot().write(path) {
+                Ok(()) => tracing::info!(path = %path.display(), "state saved"),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot write the state file")
+                }
+            }
+        }
+    };
+    let hooks = shutdown::Hooks {
+        on_handover: Box::new(save.clone()),
+        at_exit: Box::new(move || {
+            save();
             // The last requests' lines, before the process ends.
             logs.0.flush(LOG_FLUSH);
             logs.1.flush(LOG_FLUSH);
-        },
-    )
-    .map_err(|e| format!("cannot start the shutdown supervisor: {e}"))?;
+        }),
+    };
+    shutdown::supervise(server.watch_execution_phase(), drain.clone(), grace, hooks)
+        .map_err(|e| format!("cannot start the shutdown supervisor: {e}"))?;
     let gateway = Gateway::new(
         runtime.clone(),
         access_log,
@@ -106,7 +180,7 @@ pub fn run(
     server.add_service(PreboundService {
         inner: proxy,
         addr: bound_str,
-        listener: Some(listener),
+        listener,
     });
     server.add_service(background_service(
         "upstream-manager",
@@ -131,6 +205,20 @@ pub fn run(
         "ultra-gateway started"
     );
     server.run_forever()
+}
+
+/// Waits (at most `wait`) until `path` was written after `since`.
+fn wait_for_write_after(path: &std::path::Path, since: std::time::SystemTime, wait: Duration) {
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        let fresh = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= since);
+        if fresh {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Binds the listening socket (see `PreboundService`).
@@ -190,6 +278,10 @@ fn server_conf(config: &Config) -> ServerConf {
         // A backstop only: `shutdown::supervise` ends the process once nothing is in flight, or
         // at the end of the configured grace period after cutting what remains.
         grace_period_seconds: Some(config.server.grace_period_seconds + PINGORA_GRACE_MARGIN),
+        upgrade_sock: config
+            .resolve_path(&config.server.upgrade_sock)
+            .display()
+            .to_string(),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
         // Pingora's cap on upstream round trips per request (16 by default). The gateway's own
         // plan bounds them (retry.max_attempts, plus one free try per provider key and per

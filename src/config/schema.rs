@@ -41,7 +41,8 @@ pub struct ServerSection {
     /// Longest wait, in seconds, for the next piece of a request body; a client that stalls
     /// longer gets 408. Default 60.
     pub body_read_timeout_seconds: u64,
-    /// Seconds to keep serving in-flight requests after SIGTERM. Default 10.
+    /// Longest wait, in seconds, for in-flight requests after SIGTERM (the process exits as soon
+    /// as none is left). Default 10.
     pub grace_period_seconds: u64,
     /// Seconds given to runtimes to stop after the grace period. Default 5.
     pub graceful_shutdown_timeout_seconds: u64,
@@ -52,6 +53,12 @@ pub struct ServerSection {
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed for the client address in the
     /// audit log. Default none: the TCP peer is the client.
     pub trusted_proxies: Vec<String>,
+    /// A file where breaker and key states are saved on a graceful exit or an upgrade and read
+    /// at start, so that a restart does not forget them. Default none.
+    pub state_file: Option<PathBuf>,
+    /// The Unix socket over which `run --upgrade` takes the listening sockets from the running
+    /// process (SIGQUIT). Default `/tmp/ultra-gateway-upgrade.sock`.
+    pub upgrade_sock: PathBuf,
 }
 
 impl Default for ServerSection {
@@ -66,6 +73,8 @@ impl Default for ServerSection {
             models_max_age_seconds: 60,
             extra_paths: Vec::new(),
             trusted_proxies: Vec::new(),
+            state_file: None,
+            upgrade_sock: PathBuf::from("/tmp/ultra-gateway-upgrade.sock"),
         }
     }
 }

@@ -164,9 +164,15 @@ fn key_ring(path: &str, name: &str, spec: &ProviderSpec, found: &mut Findings<'_
             .get(&(provider.clone(), Arc::from(id)))
     };
     let (ring, problems) = KeyRing::new(spec.kind, spec.key_affinity, sources, &previous);
+    let now = tokio::time::Instant::now();
     for slot in ring.slots() {
         let key = (provider.clone(), slot.id().clone());
         found.state.key_slots.adopt(&key, |_| slot.clone());
+        // What a previous process saved for this key (`server.state_file`), if its value is
+        // the same.
+        if let Some(seed) = found.state.take_key_seed(&key) {
+            slot.restore(&seed, now);
+        }
     }
     for (id, problem) in problems {
         let k = spec.keys.iter().position(|ks| ks.id == id).unwrap_or(0);

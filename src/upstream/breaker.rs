@@ -77,6 +77,17 @@ pub struct Breaker {
     inner: parking_lot::Mutex<Inner>,
 }
 
+/// A breaker's state as it can outlive the process (`server.state_file`): remaining time rather
+/// than an instant of this process's clock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BreakerSnapshot {
+    /// Open for this much longer (milliseconds); `None` when closed or half-open.
+    pub open_for_ms: Option<u64>,
+    pub half_open: bool,
+    pub consecutive_failures: u32,
+    pub reopenings: u32,
+}
+
 /// The breaker's state for the provider health endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BreakerView {
@@ -176,6 +187,39 @@ impl Breaker {
                 inner.state = State::HalfOpen { probing: false };
             }
         }
+    }
+
+    pub fn snapshot(&self, now: Instant) -> BreakerSnapshot {
+        let inner = self.inner.lock();
+        let (open_for_ms, half_open) = match inner.state {
+            State::Closed => (None, false),
+            State::Open { until } if now < until => (
+                Some((until - now).as_millis().min(u64::MAX as u128) as u64),
+                false,
+            ),
+            State::Open { .. } | State::HalfOpen { .. } => (None, true),
+        };
+        BreakerSnapshot {
+            open_for_ms,
+            half_open,
+            consecutive_failures: inner.consecutive,
+            reopenings: inner.reopenings,
+        }
+    }
+
+    /// Takes over a state saved by `snapshot` (in another process): an open breaker stays open
+    /// for what was left of its time; a half-open one waits for a new probe.
+    pub fn restore(&self, s: &BreakerSnapshot, now: Instant) {
+        let mut inner = self.inner.lock();
+        inner.state = match (s.open_for_ms, s.half_open) {
+            (Some(ms), _) => State::Open {
+                until: now + Duration::from_millis(ms),
+            },
+            (None, true) => State::HalfOpen { probing: false },
+            (None, false) => State::Closed,
+        };
+        inner.consecutive = s.consecutive_failures;
+        inner.reopenings = s.reopenings;
     }
 
     pub fn view(&self, now: Instant) -> BreakerView {
@@ -315,5 +359,26 @@ mod tests {
         assert!(BreakerPolicy::try_new(0, Duration::from_secs(1), Duration::from_secs(1)).is_err());
         assert!(BreakerPolicy::try_new(1, Duration::ZERO, Duration::from_secs(1)).is_err());
         assert!(BreakerPolicy::try_new(1, Duration::from_secs(5), Duration::from_secs(1)).is_err());
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_snapshot_restores_an_open_breaker_for_its_remaining_time() {
+        let policy =
+            BreakerPolicy::try_new(1, Duration::from_secs(30), Duration::from_secs(60)).unwrap();
+        let b = Arc::new(Breaker::new(policy));
+        let now = Instant::now();
+        b.admit(now).1.unwrap().failure(now);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let snap = b.snapshot(Instant::now());
+        assert_eq!(snap.open_for_ms, Some(20_000));
+        let json = serde_json::to_string(&snap).unwrap();
+        let restored = Breaker::new(policy);
+        restored.restore(&serde_json::from_str(&json).unwrap(), Instant::now());
+        assert!(!restored.available(Instant::now()));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(
+            restored.available(Instant::now()),
+            "open for what was left, not longer"
+        );
     }
 }

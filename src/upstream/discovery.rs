@@ -164,8 +164,15 @@ impl DnsDiscovery {
             if let Some(o) = old.as_ref().filter(|o| o.breaker.policy() == self.breaker) {
                 return o.clone();
             }
-            let checked = self.checked_initially || old.is_some_and(|o| o.checked());
-            Arc::new(BackendState::new(addr, ep.clone(), self.breaker, checked))
+            let checked = self.checked_initially || old.as_ref().is_some_and(|o| o.checked());
+            let fresh = Arc::new(BackendState::new(addr, ep.clone(), self.breaker, checked));
+            if old.is_none() {
+                // What a previous process saved for this backend (`server.state_file`).
+                if let Some(seed) = self.carried.take_backend_seed(&key) {
+                    seed.apply(&fresh, tokio::time::Instant::now());
+                }
+            }
+            fresh
         })
     }
 }

@@ -21,3 +21,4 @@ mod routing;
 mod shutdown;
 mod streaming;
 mod tls_upstream;
+mod upgrade;

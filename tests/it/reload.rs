@@ -423,8 +423,8 @@ models_file: models.yaml
             }
         }));
     }
-    // 30 reloads, 100 ms apart, alternating two valid configurations.
-    for i in 0..30 {
+    // 50 reloads, 100 ms apart, alternating two valid configurations.
+    for i in 0..50 {
         let other = if i % 2 == 0 { "b" } else { "a" };
         std::fs::write(gw.dir.path().join("models.yaml"), models(other)).unwrap();
         let (status, v) = gw.admin_reload().await;

@@ -25,6 +25,6 @@ mod view;
 
 pub use hints::cooldown_from;
 pub use key::{ProviderKey, SecretText};
-pub use ring::{KeyPick, KeyRing, KeySlot, DEFAULT_COOLDOWN};
+pub use ring::{KeyPick, KeyRing, KeySlot, KeySnapshot, DEFAULT_COOLDOWN};
 pub use source::KeySource;
 pub use view::KeyView;

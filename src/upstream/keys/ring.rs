@@ -68,9 +68,69 @@ pub struct KeyRing {
     pub(super) next: AtomicUsize,
 }
 
+/// A key's state as it can outlive the process (`server.state_file`), for the value it was
+/// learnt with (`fingerprint`: a SHA-256 prefix of the value, never the value).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KeySnapshot {
+    pub fingerprint: String,
+    /// Resting for this much longer (milliseconds).
+    pub cooling_for_ms: Option<u64>,
+    /// Refused by the provider (its reason) until the value changes.
+    pub disabled: Option<String>,
+    pub refusals_in_a_row: u32,
+    pub requests: u64,
+    pub last_status: Option<u16>,
+}
+
 impl KeySlot {
     pub fn id(&self) -> &Arc<str> {
         &self.id
+    }
+
+    /// The slot's state, for its current value (`None` without a value).
+    pub fn snapshot(&self, now: Instant) -> Option<KeySnapshot> {
+        let key = self.key.load_full()?;
+        let st = self.state.lock();
+        let current = self.digest.load(Ordering::Acquire);
+        Some(KeySnapshot {
+            fingerprint: fingerprint(key.secret()),
+            cooling_for_ms: st
+                .cooling_until
+                .filter(|u| *u > now)
+                .map(|u| (u - now).as_millis().min(u64::MAX as u128) as u64),
+            disabled: st
+                .disabled
+                .filter(|(d, _)| *d == current)
+                .map(|(_, r)| r.to_string()),
+            refusals_in_a_row: st.refusals_in_a_row,
+            requests: st.requests,
+            last_status: st.last_status,
+        })
+    }
+
+    /// Takes over a state saved by `snapshot` when it was learnt with the value the slot holds
+    /// now; `false` (nothing taken) for another value.
+    pub fn restore(&self, s: &KeySnapshot, now: Instant) -> bool {
+        let Some(key) = self.key.load_full() else {
+            return false;
+        };
+        if fingerprint(key.secret()) != s.fingerprint {
+            return false;
+        }
+        let mut st = self.state.lock();
+        st.cooling_until = s.cooling_for_ms.map(|ms| now + Duration::from_millis(ms));
+        st.disabled = s.disabled.as_ref().map(|r| {
+            let reason = if r == "unauthorized" {
+                "unauthorized"
+            } else {
+                "refused"
+            };
+            (self.digest.load(Ordering::Acquire), reason)
+        });
+        st.refusals_in_a_row = s.refusals_in_a_row;
+        st.requests = s.requests;
+        st.last_status = s.last_status;
+        true
     }
 
     fn digest(&self) -> u64 {
@@ -284,6 +344,13 @@ impl KeyRing {
             .filter_map(|s| s.key.load_full())
             .collect()
     }
+}
+
+/// A value's fingerprint for the state file: enough to tell values apart, nothing to recover
+/// one from.
+fn fingerprint(secret: &str) -> String {
+    let d = crate::auth::api_key::sha256(secret.trim().as_bytes());
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(super) fn digest(secret: &str) -> u64 {

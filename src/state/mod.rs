@@ -13,6 +13,8 @@
 //! any more goes away with the last request that still holds the old runtime. Only compilation
 //! touches these maps (never a request), so a plain mutex is enough.
 
+pub mod file;
+
 use crate::auth::jwks::JwksUrl;
 use crate::upstream::backend::BackendState;
 use crate::upstream::health::ProviderHealth;
@@ -64,6 +66,14 @@ impl<K: Eq + Hash + Clone, V> Entries<K, V> {
         self.adopt(key, |current| current.unwrap_or_else(make))
     }
 
+    /// The live entries.
+    pub fn live(&self) -> Vec<(K, Arc<V>)> {
+        let map = self.map.lock();
+        map.iter()
+            .filter_map(|(k, w)| Some((k.clone(), w.upgrade()?)))
+            .collect()
+    }
+
     /// The keys of the live entries.
     pub fn live_keys(&self) -> Vec<K> {
         let map = self.map.lock();
@@ -88,9 +98,81 @@ pub struct State {
     pub health: Entries<Arc<str>, ProviderHealth>,
     pub key_slots: Entries<(Arc<str>, Arc<str>), KeySlot>,
     pub jwks: Entries<String, JwksUrl>,
+    /// What a previous process saved (`server.state_file`) for entries not created yet: taken
+    /// when they are.
+    seeds: parking_lot::Mutex<file::Seeds>,
 }
 
 impl State {
+    /// Applies a previous process's snapshot: to the entries that exist now, and to the ones
+    /// created later (their seeds are kept until then). Times count on from now.
+    pub fn adopt_snapshot(&self, snapshot: file::Snapshot) {
+        let now = tokio::time::Instant::now();
+        let mut seeds = file::Seeds::from(snapshot);
+        seeds
+            .backends
+            .retain(|key, seed| match self.backends.get(key) {
+                Some(b) => {
+                    seed.apply(&b, now);
+                    false
+                }
+                None => true,
+            });
+        seeds
+            .keys
+            .retain(|key, seed| match self.key_slots.get(key) {
+                Some(slot) => {
+                    slot.restore(seed, now);
+                    false
+                }
+                None => true,
+            });
+        *self.seeds.lock() = seeds;
+    }
+
+    /// The saved state of a backend about to be created, if a previous process left one.
+    pub fn take_backend_seed(&self, key: &BackendKey) -> Option<file::BackendSeed> {
+        self.seeds.lock().backends.remove(key)
+    }
+
+    /// The saved state of a key slot just created, if a previous process left one.
+    pub fn take_key_seed(
+        &self,
+        key: &(Arc<str>, Arc<str>),
+    ) -> Option<crate::upstream::keys::KeySnapshot> {
+        self.seeds.lock().keys.remove(key)
+    }
+
+    /// What to save for a next process: every live backend and key.
+    pub fn snapshot(&self) -> file::Snapshot {
+        let now = tokio::time::Instant::now();
+        let backends = self
+            .backends
+            .live()
+            .into_iter()
+            .map(|(k, b)| file::BackendEntry {
+                provider: k.provider.to_string(),
+                endpoint_url: k.endpoint_url.to_string(),
+                addr: k.addr,
+                checked: b.checked(),
+                breaker: b.breaker.snapshot(now),
+            })
+            .collect();
+        let keys = self
+            .key_slots
+            .live()
+            .into_iter()
+            .filter_map(|((provider, id), slot)| {
+                Some(file::KeyEntry {
+                    provider: provider.to_string(),
+                    id: id.to_string(),
+                    state: slot.snapshot(now)?,
+                })
+            })
+            .collect();
+        file::Snapshot::new(backends, keys)
+    }
+
     /// Forgets what no runtime holds any more (after a swap, once old requests are done).
     pub fn prune(&self) {
         self.backends.prune();
