@@ -96,14 +96,6 @@ fn production_refuses_to_start_on_unsafe_settings() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn production_end_to_end_with_real_tokens_and_keys() {
     let up = MockUpstream::openai_like().await;

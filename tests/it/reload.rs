@@ -216,18 +216,7 @@ models:
 async fn open_breakers_and_cooling_keys_stay_so_across_a_reload() {
     let broken =
         MockUpstream::start(|_| Reply::Json(500, json!({"error": {"message": "down"}}))).await;
-    let ok = MockUpstream::start(|r| {
-        if r.header("authorization") == Some("Bearer sk-one") {
-            Reply::Raw {
-                status: 429,
-                headers: vec![("retry-after", "3600".into())],
-                body: bytes::Bytes::from_static(b"{}"),
-            }
-        } else {
-            Reply::Json(200, upstream::chat_completion("m", "ok"))
-        }
-    })
-    .await;
+    let ok = MockUpstream::resting_key_one().await;
     let config = pool_config(&broken.url(), &ok.url(), "");
     let gw = TestGateway::start(&config);
     // Until the broken backend has failed once and sk-one has had its 429.

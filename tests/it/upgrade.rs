@@ -79,30 +79,6 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Key `one` answers 429 with an hour's Retry-After, key `two` is fine.
-async fn provider() -> MockUpstream {
-    MockUpstream::start(|r| {
-        if r.header("authorization") == Some("Bearer sk-one") {
-            Reply::Raw {
-                status: 429,
-                headers: vec![("retry-after", "3600".into())],
-                body: bytes::Bytes::from_static(b"{}"),
-            }
-        } else {
-            Reply::Json(200, upstream::chat_completion("m", "ok"))
-        }
-    })
-    .await
-}
-
 fn config(dir: &Path, up: &str) -> std::path::PathBuf {
     let text = format!(
         "logging: {{ level: info }}
@@ -153,7 +129,7 @@ async fn rest_key_one(base: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_resting_keys_through_the_state_file() {
-    let up = provider().await;
+    let up = MockUpstream::resting_key_one().await;
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), &up.url());
     let listen = format!("127.0.0.1:{}", free_port());
@@ -200,7 +176,7 @@ async fn a_restart_keeps_resting_keys_through_the_state_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_upgrade_fails_no_request_and_keeps_state() {
-    let up = provider().await;
+    let up = MockUpstream::resting_key_one().await;
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), &up.url());
     let listen = format!("127.0.0.1:{}", free_port());

@@ -92,3 +92,13 @@ pub fn dead_url() -> String {
     drop(l);
     format!("http://{addr}")
 }
+
+/// A loopback port that was free a moment ago (for tests that need a fixed port two processes
+/// share).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

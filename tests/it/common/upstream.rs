@@ -137,6 +137,23 @@ impl MockUpstream {
         .await
     }
 
+    /// A provider whose key `sk-one` is rate-limited for an hour (429, `retry-after: 3600`)
+    /// and whose other keys are fine.
+    pub async fn resting_key_one() -> MockUpstream {
+        Self::start(|r| {
+            if r.header("authorization") == Some("Bearer sk-one") {
+                Reply::Raw {
+                    status: 429,
+                    headers: vec![("retry-after", "3600".into())],
+                    body: Bytes::from_static(b"{}"),
+                }
+            } else {
+                Reply::Json(200, chat_completion("m", "ok"))
+            }
+        })
+        .await
+    }
+
     async fn start_inner(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> MockUpstream {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         std_listener.set_nonblocking(true).unwrap();
