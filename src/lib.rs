@@ -23,3 +23,4 @@ pub mod telemetry;
 mod test_support;
 pub mod time;
 pub mod upstream;
+pub mod usage;

@@ -495,6 +495,10 @@ pub struct TargetSpec {
 pub struct PricingSpec {
     pub input_per_million: f64,
     pub output_per_million: f64,
+    /// Price of a million input tokens served from the provider's prompt cache. Default: the
+    /// input price.
+    #[serde(default)]
+    pub cached_input_per_million: Option<f64>,
 }
 
 /// The models file (`models_file`): the registry and its optional default model.
