@@ -475,6 +475,10 @@ fn validate_targets_and_pricing(
         for (field, v) in [
             ("input_per_million", pr.input_per_million),
             ("output_per_million", pr.output_per_million),
+            (
+                "cached_input_per_million",
+                pr.cached_input_per_million.unwrap_or(0.0),
+            ),
         ] {
             if !v.is_finite() || v < 0.0 {
                 errors.push(ConfigError::new(
