@@ -4,8 +4,8 @@
 //! provider names) or small fixed sets (status codes, reason codes).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// `Content-Type` of `render`'s output (Prometheus text exposition format).
@@ -33,6 +33,10 @@ pub struct Metrics {
     pub auth_decisions: IntCounterVec,
     pub audit_dropped: IntCounter,
     pub access_log_dropped: IntCounter,
+    /// Tokens charged, by model, provider and kind (`input`, `output`, `cached`).
+    pub tokens: IntCounterVec,
+    /// Dollars charged, by model and provider.
+    pub cost_usd: CounterVec,
     /// Configuration reloads by result (`applied`, `rejected`).
     pub config_reloads: IntCounterVec,
     /// The generation of the configuration serving (1 at start, +1 per applied reload).
@@ -96,6 +100,22 @@ impl Metrics {
             "Access-log lines dropped because the queue was full",
         )
         .expect("valid metric");
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "ultra_tokens_total",
+                "Tokens charged, by model, provider and kind (input includes cached)",
+            ),
+            &["model", "provider", "kind"],
+        )
+        .expect("valid metric");
+        let cost_usd = CounterVec::new(
+            Opts::new(
+                "ultra_cost_usd_total",
+                "Cost charged in dollars, from the models' pricing",
+            ),
+            &["model", "provider"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "ultra_config_reloads_total",
@@ -122,6 +142,8 @@ impl Metrics {
             Box::new(auth_decisions.clone()),
             Box::new(audit_dropped.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(tokens.clone()),
+            Box::new(cost_usd.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(config_last_success.clone()),
@@ -137,6 +159,8 @@ impl Metrics {
             auth_decisions,
             audit_dropped,
             access_log_dropped,
+            tokens,
+            cost_usd,
             config_reloads,
             config_generation,
             config_last_success,

@@ -12,7 +12,7 @@ use serde_yaml::{Mapping, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-const TOP_LEVEL_KEYS: &str = "`mode`, `env_files`, `server`, `logging`, `auth`, `audit`, `metrics`, `reload`, `providers`, `models_file`, `models`, `default_model`";
+const TOP_LEVEL_KEYS: &str = "`mode`, `env_files`, `server`, `logging`, `auth`, `audit`, `metrics`, `reload`, `usage`, `providers`, `models_file`, `models`, `default_model`";
 
 /// Loads and validates the configuration at `path`. `env` looks up environment variables
 /// (tests pass a map; the binary passes the process environment).
@@ -115,6 +115,7 @@ fn load_inner(
         audit: s.audit,
         metrics: s.metrics,
         reload: s.reload,
+        usage: s.usage,
         providers: s.providers,
         models: s.models,
         default_model: s.default_model,
@@ -169,6 +170,7 @@ struct Sections {
     audit: AuditSection,
     metrics: MetricsSection,
     reload: ReloadSection,
+    usage: UsageSection,
     providers: BTreeMap<String, ProviderSpec>,
     models: Vec<LoadedModel>,
     default_model: Option<String>,
@@ -186,6 +188,7 @@ impl Sections {
             "audit" => self.audit = de(value, file, "audit", errors).unwrap_or_default(),
             "metrics" => self.metrics = de(value, file, "metrics", errors).unwrap_or_default(),
             "reload" => self.reload = de(value, file, "reload", errors).unwrap_or_default(),
+            "usage" => self.usage = de(value, file, "usage", errors).unwrap_or_default(),
             "providers" => self.providers = load_providers(value, file, errors),
             "models_file" => {
                 self.models_file =

@@ -39,6 +39,7 @@ pub struct Config {
     pub audit: AuditSection,
     pub metrics: MetricsSection,
     pub reload: ReloadSection,
+    pub usage: UsageSection,
     pub providers: BTreeMap<String, ProviderSpec>,
     pub models: Vec<LoadedModel>,
     pub default_model: Option<String>,

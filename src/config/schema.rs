@@ -91,6 +91,24 @@ pub struct ExtraPath {
     pub group: Option<String>,
 }
 
+/// `usage:` token accounting.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageSection {
+    /// Ask OpenAI-kind providers for a stream's usage chunk (`stream_options.include_usage`)
+    /// when the client did not, and take that chunk out before it reaches the client. Without
+    /// it, such streams are counted by estimate. Default true.
+    pub force_stream_usage: bool,
+}
+
+impl Default for UsageSection {
+    fn default() -> Self {
+        UsageSection {
+            force_stream_usage: true,
+        }
+    }
+}
+
 /// `reload:` live configuration changes.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -9,6 +9,7 @@ pub mod responses;
 use crate::config::MockSpec;
 use crate::endpoints::EndpointGroup;
 use crate::proxy::errors::error_json;
+use crate::usage::UsageMeter;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -38,6 +39,18 @@ pub struct Sent {
     /// Status of the response header, once written.
     pub status: Option<u16>,
     pub bytes: usize,
+    /// Meters a successful answer's usage, as any provider's is (an error answer drops it).
+    pub usage: Option<UsageMeter>,
+}
+
+impl Sent {
+    /// Shows a chunk about to be written to the meter (which may take a hidden usage chunk
+    /// out of it).
+    fn meter(&mut self, chunk: &mut Bytes, end_of_stream: bool) {
+        if let Some(m) = &mut self.usage {
+            m.chunk(chunk, end_of_stream);
+        }
+    }
 }
 
 /// What the mock answers: decided first (no I/O), then sent.
@@ -150,9 +163,14 @@ async fn send_json(
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body.len().to_string())?;
     decorate(&mut h);
-    let len = body.len();
     session.write_response_header(Box::new(h), false).await?;
     sent.status = Some(status);
+    if !(200..300).contains(&status) {
+        sent.usage = None;
+    }
+    let mut body = body;
+    sent.meter(&mut body, true);
+    let len = body.len();
     session.write_response_body(Some(body), true).await?;
     sent.bytes += len;
     Ok(())
@@ -180,13 +198,18 @@ async fn send_sse(
         line.extend_from_slice(b"data: ");
         serde_json::to_writer(&mut line, c).expect("JSON value serializes");
         line.extend_from_slice(b"\n\n");
-        let len = line.len();
-        session
-            .write_response_body(Some(Bytes::from(line)), false)
-            .await?;
+        let mut chunk = Bytes::from(line);
+        sent.meter(&mut chunk, false);
+        if chunk.is_empty() {
+            // A usage chunk the client did not ask for, taken out.
+            continue;
+        }
+        let len = chunk.len();
+        session.write_response_body(Some(chunk), false).await?;
         sent.bytes += len;
     }
-    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let mut done = Bytes::from_static(b"data: [DONE]\n\n");
+    sent.meter(&mut done, true);
     let len = done.len();
     session.write_response_body(Some(done), true).await?;
     sent.bytes += len;

@@ -35,6 +35,9 @@ pub struct RequestCtx {
     pub(super) body: Bytes,
     /// The target index `body` was made for.
     pub(super) body_target: Option<usize>,
+    /// `body` asks for the stream's usage chunk on the gateway's behalf (the client did not):
+    /// the chunk is taken out of the response.
+    pub(super) usage_requested: bool,
     /// Targets, backends and keys tried; the attempt in flight.
     pub(super) plan: Option<Plan>,
     /// Our `upstream_response_filter` asked Pingora to retry (a status, not an I/O error).
@@ -85,6 +88,7 @@ impl RequestCtx {
             original_body: Bytes::new(),
             body: Bytes::new(),
             body_target: None,
+            usage_requested: false,
             plan: None,
             retry_requested: false,
             last_provider: None,

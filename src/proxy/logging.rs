@@ -5,6 +5,7 @@
 use super::ctx::RequestCtx;
 use super::{upstream_flow, Gateway, CLIENT_CLOSED};
 use crate::time::now_rfc3339;
+use crate::usage::{cost, estimate_tokens, Tokens};
 use pingora::proxy::Session;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -28,6 +29,11 @@ impl Gateway {
             .zip(ctx.upstream_done.or(ctx.upstream_header))
             .map(|(s, e)| e.duration_since(s));
         self.record_metrics(ctx, status, elapsed, upstream);
+        let bytes_in = session.body_bytes_read();
+        let charged = charge(ctx, bytes_in as u64);
+        if let Some(c) = &charged {
+            self.record_usage(ctx, c);
+        }
         let since_sent = |end: Option<Instant>| Some(ms(end?.duration_since(ctx.upstream_sent?)));
         let route = ctx.route.as_ref();
         let principal = ctx.principal.as_ref();
@@ -53,11 +59,40 @@ impl Gateway {
             latency_ms: ms(elapsed),
             upstream_ms: since_sent(ctx.upstream_done),
             upstream_ttfb_ms: since_sent(ctx.upstream_header),
-            bytes_in: session.body_bytes_read(),
+            input_tokens: charged.as_ref().map(|c| c.tokens.input),
+            output_tokens: charged.as_ref().map(|c| c.tokens.output),
+            cached_input_tokens: charged.as_ref().map(|c| c.tokens.cached_input),
+            cost_usd: charged.as_ref().and_then(|c| c.micro_usd).map(cost::usd),
+            usage: charged
+                .as_ref()
+                .map(|c| if c.estimated { "estimated" } else { "reported" }),
+            bytes_in,
             bytes_out: ctx.bytes_out,
             client: ctx.client,
         };
         self.access_log.write_json(&entry);
+    }
+
+    fn record_usage(&self, ctx: &RequestCtx, c: &Charged) {
+        let model = model_label(ctx);
+        let provider = ctx.provider_name().unwrap_or("unknown");
+        let m = &self.metrics;
+        for (kind, n) in [
+            ("input", c.tokens.input),
+            ("output", c.tokens.output),
+            ("cached", c.tokens.cached_input),
+        ] {
+            if n > 0 {
+                m.tokens
+                    .with_label_values(&[model, provider, kind])
+                    .inc_by(n);
+            }
+        }
+        if let Some(micro) = c.micro_usd.filter(|m| *m > 0) {
+            m.cost_usd
+                .with_label_values(&[model, provider])
+                .inc_by(cost::usd(micro));
+        }
     }
 
     fn record_metrics(
@@ -87,6 +122,51 @@ impl Gateway {
                 .saturating_sub(upstream.unwrap_or_default())
                 .as_secs_f64(),
         );
+    }
+}
+
+/// What a request is charged: the usage the provider reported, or an estimate when it reported
+/// none (a stream the client left, a provider that does not say): never zero for a response
+/// that was served.
+pub(super) struct Charged {
+    pub tokens: Tokens,
+    pub estimated: bool,
+    /// `None` without `pricing` for the model.
+    pub micro_usd: Option<u64>,
+}
+
+/// The charge of a request that got a successful answer from a provider (or the mock); `None`
+/// for the rest (refusals, local endpoints, provider errors).
+pub(super) fn charge(ctx: &RequestCtx, bytes_in: u64) -> Option<Charged> {
+    let meter = ctx.response.usage.as_ref()?;
+    let (tokens, estimated) = match meter.reported() {
+        Some(t) => (t, false),
+        None => (
+            Tokens {
+                input: estimate_tokens(bytes_in),
+                output: estimate_tokens(meter.bytes),
+                cached_input: 0,
+            },
+            true,
+        ),
+    };
+    let pricing = ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.model)
+        .and_then(|idx| ctx.rt.registry.get(idx).pricing.as_ref());
+    Some(Charged {
+        tokens,
+        estimated,
+        micro_usd: pricing.map(|p| cost::micro_usd(&tokens, p)),
+    })
+}
+
+/// The model label of metrics: a configured model's id (never a name a client made up).
+fn model_label(ctx: &RequestCtx) -> &str {
+    match ctx.route.as_ref() {
+        Some(r) if r.model.is_some() => &r.model_id,
+        _ => "unknown",
     }
 }
 
@@ -131,6 +211,16 @@ pub struct AccessEntry<'a> {
     pub upstream_ms: Option<f64>,
     /// Request sent upstream to response header.
     pub upstream_ttfb_ms: Option<f64>,
+    /// Tokens charged (reported by the provider, or estimated: see `usage`); null when the
+    /// request got no successful answer.
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cached_input_tokens: Option<u64>,
+    /// Cost in dollars from the model's `pricing`; null without pricing.
+    pub cost_usd: Option<f64>,
+    /// `reported` or `estimated`; absent when nothing was charged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<&'static str>,
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub client: Option<std::net::IpAddr>,

@@ -391,7 +391,11 @@ impl Gateway {
                 ctx.original_body = body;
                 Ok(false)
             }
-            Outcome::Mock { route, body } => respond::mock(session, ctx, route, body).await,
+            Outcome::Mock {
+                route,
+                body,
+                usage_requested,
+            } => respond::mock(session, ctx, route, body, usage_requested).await,
             Outcome::Relay { body, principal } => {
                 ctx.relays_to_subrequest = true;
                 subrequest::relay(session, ctx, body, principal).await?;

@@ -13,6 +13,11 @@ use std::ops::Range;
 pub struct Probe<'a> {
     pub model: Cow<'a, str>,
     pub stream: bool,
+    /// `stream_options.include_usage` is `true`: the client asked for the usage chunk.
+    pub include_usage: bool,
+    /// The most output tokens the request allows (`max_completion_tokens`, `max_tokens` or
+    /// `max_output_tokens`), when it says.
+    pub max_tokens: Option<u64>,
 }
 
 /// Why a body cannot be routed.
@@ -30,6 +35,21 @@ struct RawProbe<'a> {
     model: Option<&'a RawValue>,
     #[serde(borrow, default)]
     stream: Option<&'a RawValue>,
+    // Read leniently: a value of another type is the provider's to refuse, not the gateway's.
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_output_tokens: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 /// Validates the body as a JSON object and reads its top-level `model` and `stream`.
@@ -59,7 +79,20 @@ pub fn probe(body: &[u8]) -> Result<Probe<'_>, ProbeError> {
         return Err(ProbeError::MissingModel("has an empty `model`"));
     }
     let stream = raw.stream.is_some_and(|s| s.get() == "true");
-    Ok(Probe { model, stream })
+    let include_usage = raw
+        .stream_options
+        .and_then(|o| serde_json::from_str::<StreamOptions>(o.get()).ok())
+        .is_some_and(|o| o.include_usage == Some(true));
+    let number = |v: Option<&RawValue>| v.and_then(|v| v.get().parse::<u64>().ok());
+    let max_tokens = number(raw.max_completion_tokens)
+        .or(number(raw.max_tokens))
+        .or(number(raw.max_output_tokens));
+    Ok(Probe {
+        model,
+        stream,
+        include_usage,
+        max_tokens,
+    })
 }
 
 /// Byte range of the top-level `key`'s value in a body that `probe` accepted.
@@ -105,6 +138,36 @@ pub fn rewrite_model(body: &Bytes, new_model: &str) -> Option<Bytes> {
     out.extend_from_slice(&body[..range.start]);
     out.extend_from_slice(quoted.as_bytes());
     out.extend_from_slice(&body[range.end..]);
+    Some(Bytes::from(out))
+}
+
+/// Asks for the usage chunk of a stream (`stream_options.include_usage: true`), keeping the rest
+/// of the body byte for byte: the top-level `stream_options` is added, or its value rewritten.
+pub fn request_usage(body: &Bytes) -> Option<Bytes> {
+    let mut out = Vec::with_capacity(body.len() + 48);
+    match value_range(body, "stream_options") {
+        Some(range) => {
+            let mut options: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&body[range.clone()]).ok()?;
+            options.insert("include_usage".into(), serde_json::Value::Bool(true));
+            out.extend_from_slice(&body[..range.start]);
+            out.extend_from_slice(&serde_json::to_vec(&options).ok()?);
+            out.extend_from_slice(&body[range.end..]);
+        }
+        None => {
+            let open = skip_ws(body, 0);
+            if body.get(open) != Some(&b'{') {
+                return None;
+            }
+            let empty = body.get(skip_ws(body, open + 1)) == Some(&b'}');
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+            if !empty {
+                out.push(b',');
+            }
+            out.extend_from_slice(&body[open + 1..]);
+        }
+    }
     Some(Bytes::from(out))
 }
 
@@ -251,5 +314,55 @@ mod tests {
         assert_eq!(&body[value_range(body, "b").unwrap()], b"true");
         assert_eq!(&body[value_range(body, "model").unwrap()], b"null");
         assert_eq!(value_range(body, "zzz"), None);
+    }
+
+    #[test]
+    fn usage_is_requested_without_touching_the_rest() {
+        let body = Bytes::from_static(
+            br#"{"model":"m","stream":true,"messages":[{"x":"stream_options"}]}"#,
+        );
+        let out = request_usage(&body).unwrap();
+        assert_eq!(
+            &out[..],
+            &br#"{"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[{"x":"stream_options"}]}"#[..]
+        );
+        assert!(probe(&out).unwrap().include_usage);
+        let with = Bytes::from_static(
+            br#"{ "model":"m", "stream_options": {"include_usage": false, "x": 1} }"#,
+        );
+        let out = request_usage(&with).unwrap();
+        let p = probe(&out).unwrap();
+        assert!(p.include_usage);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["x"], 1, "other options kept");
+    }
+
+    #[test]
+    fn max_tokens_in_any_of_its_names() {
+        assert_eq!(
+            probe(br#"{"model":"m","max_tokens":50}"#)
+                .unwrap()
+                .max_tokens,
+            Some(50)
+        );
+        assert_eq!(
+            probe(br#"{"model":"m","max_tokens":50,"max_completion_tokens":70}"#)
+                .unwrap()
+                .max_tokens,
+            Some(70)
+        );
+        assert_eq!(
+            probe(br#"{"model":"m","max_output_tokens":9}"#)
+                .unwrap()
+                .max_tokens,
+            Some(9)
+        );
+        assert_eq!(probe(br#"{"model":"m"}"#).unwrap().max_tokens, None);
+        let odd = probe(br#"{"model":"m","max_tokens":null,"stream_options":"x"}"#).unwrap();
+        assert_eq!(
+            (odd.max_tokens, odd.include_usage),
+            (None, false),
+            "not the gateway's to refuse"
+        );
     }
 }

@@ -9,6 +9,7 @@ use crate::auth::rbac::Access;
 use crate::metrics::Metrics;
 use crate::mock;
 use crate::reload::{Reloader, Trigger};
+use crate::usage::{Dialect, UsageMeter};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -109,12 +110,15 @@ pub async fn reload(
     send(session, ctx, resp).await
 }
 
-/// The built-in mock answers `route` in place with `body` (already renamed for it).
+/// The built-in mock answers `route` in place with `body` (already made for it), metered for
+/// usage like any provider's answer (`usage_requested`: the gateway asked for the usage chunk,
+/// the client did not).
 pub async fn mock(
     session: &mut Session,
     ctx: &mut RequestCtx,
     route: Route,
     body: Bytes,
+    usage_requested: bool,
 ) -> Result<bool> {
     let provider = ctx.rt.provider(route.target.provider);
     let settings = provider.mock.clone().unwrap_or_default();
@@ -128,10 +132,18 @@ pub async fn mock(
         request_id: &ctx.request_id,
     };
     let decorate = |h: &mut ResponseHeader| ctx.decorate(h);
-    let mut sent = mock::Sent::default();
+    let mut sent = mock::Sent {
+        usage: Some(UsageMeter::new(
+            Dialect::OpenAi,
+            route.stream,
+            usage_requested,
+        )),
+        ..mock::Sent::default()
+    };
     let result = mock::serve(session, call, &decorate, &mut sent).await;
     ctx.local_status = sent.status;
     ctx.bytes_out = sent.bytes;
+    ctx.response.usage = sent.usage;
     result.map(|_| true)
 }
 

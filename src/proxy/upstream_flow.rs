@@ -2,13 +2,15 @@
 //! for the key ring, the breaker and the retry budget, which errors are retried, and how the last
 //! attempt ends.
 
+use super::admission::route::body_for;
 use super::ctx::RequestCtx;
 use super::errors::GatewayError;
 use super::headers;
-use super::model_field;
 use super::timers::Expired;
+use crate::config::ProviderKind;
 use crate::upstream::keys::ProviderKey;
 use crate::upstream::peer::http_peer;
+use crate::usage::Dialect;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
@@ -28,13 +30,13 @@ pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         }
     };
     if ctx.body_target != Some(attempt.target) {
-        let renamed = ctx.requested_model.as_deref() != Some(&*target.upstream_model);
-        ctx.body = if renamed {
-            model_field::rewrite_model(&ctx.original_body, &target.upstream_model)
-                .unwrap_or_else(|| ctx.original_body.clone())
-        } else {
-            ctx.original_body.clone()
+        let (Some(route), Some(requested)) = (&ctx.route, &ctx.requested_model) else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
+        let (body, usage_requested) =
+            body_for(&ctx.rt, route, requested, &ctx.original_body, target);
+        ctx.body = body;
+        ctx.usage_requested = usage_requested;
         ctx.body_target = Some(attempt.target);
     }
     ctx.last_provider = Some(target.provider_name.clone());
@@ -157,7 +159,11 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
             } else {
                 Vec::new()
             };
-            deliver(ctx, resp, secrets);
+            let dialect = match provider.kind {
+                ProviderKind::Anthropic => Dialect::Anthropic,
+                _ => Dialect::OpenAi,
+            };
+            deliver(ctx, resp, secrets, dialect);
             Ok(())
         }
     }
@@ -165,13 +171,19 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
 
 /// The provider's response goes to the client: scrubbed, watched, tagged with the gateway's
 /// headers. `secrets` are removed from an error body.
-fn deliver(ctx: &mut RequestCtx, resp: &mut ResponseHeader, secrets: Vec<Arc<ProviderKey>>) {
+fn deliver(
+    ctx: &mut RequestCtx,
+    resp: &mut ResponseHeader,
+    secrets: Vec<Arc<ProviderKey>>,
+    dialect: Dialect,
+) {
     headers::scrub_response(resp);
     if resp.status.is_server_error() {
         // Final: the gateway retried already; SDK retries would multiply its attempts.
         let _ = resp.insert_header("x-should-retry", "false");
     }
-    ctx.response.start(resp, secrets);
+    ctx.response
+        .start(resp, secrets, dialect, ctx.usage_requested);
     ctx.decorate(resp);
 }
 

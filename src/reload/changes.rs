@@ -139,6 +139,7 @@ fn live_settings(old: &Config, new: &Config) -> Vec<String> {
         o.trusted_proxies == n.trusted_proxies,
     );
     check("default_model", old.default_model == new.default_model);
+    check("usage", old.usage == new.usage);
     let jwt = |c: &Config| c.auth.as_ref().and_then(|a| a.jwt.clone());
     check("auth.jwt", jwt(old) == jwt(new));
     let test_tokens = |c: &Config| c.auth.as_ref().is_some_and(|a| a.test_tokens);

@@ -54,6 +54,7 @@ impl Runtime {
             audit: _,
             metrics,
             reload: _,
+            usage,
             providers: provider_specs,
             models: _,
             default_model: _,
@@ -96,6 +97,7 @@ impl Runtime {
             test_mock,
             metrics_on_main: metrics.enabled && metrics.listen.is_none(),
             generation: 1,
+            force_stream_usage: usage.force_stream_usage,
             extra_paths: extra_paths(config),
             views: RwLock::new(HashMap::new()),
         };

@@ -40,6 +40,8 @@ pub struct Runtime {
     pub metrics_on_main: bool,
     /// Which configuration this is: 1 at start, one more per applied reload.
     pub generation: u64,
+    /// `usage.force_stream_usage`.
+    pub force_stream_usage: bool,
     /// Model lists per role set: the caller sees only what it may use.
     views: RwLock<HashMap<Access, View>>,
 }

@@ -3,10 +3,12 @@
 //! input in `message_start` and a cumulative usage in `message_delta`; the responses API in
 //! `response.completed`; OpenAI in the last chunk, when asked (`stream_options.include_usage`).
 //!
-//! With `hide`, the usage-only event (`"choices": []` with a `usage`) is taken out, so a client
-//! that did not ask for it sees the stream as the provider would have sent it; then, and only
-//! then, the end of a line that is not complete yet waits for its next chunk (an SSE client
-//! acts on complete events only).
+//! With `hide` (the gateway asked for usage, the client did not), the client gets the stream
+//! the provider sends to clients that do not ask: the usage-only event (`"choices":[]` with a
+//! `usage`) is taken out, and the `"usage":null` that every other chunk then carries is taken
+//! off its end. That needs a line's start until it shows whether the event is usage-only (up
+//! to `"choices":[` and the next byte) and its last 14 bytes until it ends; nothing else is
+//! held, and never a complete event (an SSE client acts on complete events only).
 
 use super::{Dialect, Tokens, UsageObject};
 use bytes::{Bytes, BytesMut};
@@ -14,6 +16,73 @@ use serde::Deserialize;
 
 /// Lines longer than this are passed on but not read for usage.
 const MAX_LINE: usize = 1024 * 1024;
+/// A line start that still does not show whether its event is usage-only after this many bytes
+/// is passed on.
+const MAX_UNDECIDED: usize = 4 * 1024;
+/// `,"usage":null}` with a `\r`: the end of a line held until the line ends.
+const HOLD_TAIL: usize = 15;
+
+/// What of the current line a hidden-usage stream holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Its start, until it shows what the event is.
+    Start,
+    /// All of it: it may be the usage-only event.
+    Whole,
+    /// Its last bytes only.
+    Tail,
+}
+
+enum Decision {
+    Wait,
+    UsageOnly,
+    Other,
+}
+
+/// What a line's start says: `"choices":[]` may be the usage-only event; other choices are not.
+fn decide(start: &[u8]) -> Decision {
+    let Some(i) = find(start, b"\"choices\":[") else {
+        return Decision::Wait;
+    };
+    match start[i + 11..].iter().find(|c| !c.is_ascii_whitespace()) {
+        None => Decision::Wait,
+        Some(b']') => Decision::UsageOnly,
+        Some(_) => Decision::Other,
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The end of an event's line without the `,"usage":null` a client that did not ask never gets.
+fn strip_usage_null(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const NULL: &[u8] = b",\"usage\":null}";
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    let (body, cr) = match body.strip_suffix(b"\r") {
+        Some(b) => (b, true),
+        None => (body, false),
+    };
+    match body.strip_suffix(NULL) {
+        Some(kept) => {
+            let mut v = kept.to_vec();
+            v.push(b'}');
+            if cr {
+                v.push(b'\r');
+            }
+            if line.ends_with(b"\n") {
+                v.push(b'\n');
+            }
+            std::borrow::Cow::Owned(v)
+        }
+        None => std::borrow::Cow::Borrowed(line),
+    }
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let t = line.strip_suffix(b"\n").unwrap_or(line);
+    t.strip_suffix(b"\r").unwrap_or(t)
+}
 
 #[derive(Debug)]
 pub struct SseUsage {
@@ -26,6 +95,10 @@ pub struct SseUsage {
     tokens: Option<Tokens>,
     /// The last line was a hidden event's `data:` line: its blank line goes too.
     hid_event: bool,
+    /// Hidden-usage streams: what of the current line is held.
+    held: Held,
+    /// The current line's start was passed on already (only its tail is held).
+    passed_start: bool,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +125,8 @@ impl SseUsage {
             overlong: false,
             tokens: None,
             hid_event: false,
+            held: Held::Start,
+            passed_start: false,
         }
     }
 
@@ -61,86 +136,124 @@ impl SseUsage {
 
     /// Reads one chunk's lines; with `hide`, replaces the chunk with what the client gets.
     pub fn feed(&mut self, chunk: &mut Bytes, end_of_stream: bool) {
-        let mut out = self
-            .hide
-            .then(|| BytesMut::with_capacity(chunk.len() + self.partial.len()));
-        let data = chunk.clone();
-        let mut rest: &[u8] = &data;
+        if self.hide {
+            let mut out = BytesMut::with_capacity(chunk.len() + HOLD_TAIL);
+            for &c in chunk.iter() {
+                self.hide_byte(c, &mut out);
+            }
+            if end_of_stream {
+                self.hide_end(&mut out);
+            }
+            *chunk = out.freeze();
+            return;
+        }
+        let mut rest: &[u8] = chunk;
         while let Some(nl) = rest.iter().position(|&c| c == b'\n') {
             let (head, tail) = rest.split_at(nl + 1);
             rest = tail;
             if self.partial.is_empty() && !self.overlong {
-                self.line(head, &mut out);
+                self.read(trim_line(head));
             } else {
                 self.extend_partial(head);
                 let line = std::mem::take(&mut self.partial);
                 if !std::mem::take(&mut self.overlong) {
-                    self.line(&line, &mut out);
-                } else if let Some(o) = &mut out {
-                    // Too long to read: passed on as it came (what was held, if anything, and
-                    // this end).
-                    o.extend_from_slice(&line);
-                    o.extend_from_slice(head);
+                    self.read(trim_line(&line));
                 }
             }
         }
-        if !rest.is_empty() {
-            if self.hide && self.overlong {
-                // Already streaming this line out unread: go on.
-                if let Some(o) = &mut out {
-                    o.extend_from_slice(rest);
-                }
-            } else {
-                let was_overlong = self.overlong;
-                self.extend_partial(rest);
-                if self.hide && self.overlong && !was_overlong {
-                    // Too long to hold back: what was held goes out, and the rest as it comes.
-                    if let Some(o) = &mut out {
-                        o.extend_from_slice(&self.partial);
-                    }
-                    self.partial.clear();
-                }
-            }
-        }
+        self.extend_partial(rest);
         if end_of_stream && !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
-            self.line(&line, &mut out);
-        }
-        if let Some(o) = out {
-            *chunk = o.freeze();
+            self.read(trim_line(&line));
         }
     }
 
     fn extend_partial(&mut self, bytes: &[u8]) {
-        if self.overlong {
+        if self.overlong || bytes.is_empty() {
             return;
         }
         if self.partial.len() + bytes.len() > MAX_LINE {
             self.overlong = true;
-            if !self.hide {
-                self.partial.clear();
-            }
+            self.partial.clear();
             return;
         }
         self.partial.extend_from_slice(bytes);
     }
 
-    /// One complete line (with its `\n`, except at the end of the stream).
-    fn line(&mut self, line: &[u8], out: &mut Option<BytesMut>) {
-        let text = line.strip_suffix(b"\n").unwrap_or(line);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
+    /// One byte of a hidden-usage stream.
+    fn hide_byte(&mut self, c: u8, out: &mut BytesMut) {
+        if c == b'\n' {
+            self.partial.push(c);
+            self.hide_line_end(out);
+            return;
+        }
+        match self.held {
+            Held::Start => {
+                self.partial.push(c);
+                match decide(&self.partial) {
+                    Decision::Wait if self.partial.len() < MAX_UNDECIDED => {}
+                    Decision::UsageOnly => self.held = Held::Whole,
+                    Decision::Wait | Decision::Other => {
+                        // Pass on all but the last bytes, where a `"usage":null` would end.
+                        self.held = Held::Tail;
+                        self.release_all_but_tail(out);
+                    }
+                }
+            }
+            Held::Whole => {
+                if self.partial.len() < MAX_LINE {
+                    self.partial.push(c);
+                } else {
+                    // Too long to be a usage event: on as it comes.
+                    self.held = Held::Tail;
+                    self.partial.push(c);
+                    self.release_all_but_tail(out);
+                }
+            }
+            Held::Tail => {
+                self.partial.push(c);
+                self.release_all_but_tail(out);
+            }
+        }
+    }
+
+    fn release_all_but_tail(&mut self, out: &mut BytesMut) {
+        if self.partial.len() > HOLD_TAIL {
+            let n = self.partial.len() - HOLD_TAIL;
+            out.extend_from_slice(&self.partial[..n]);
+            self.partial.drain(..n);
+            self.passed_start = true;
+        }
+    }
+
+    /// A line of a hidden-usage stream ended (`partial` holds what is left of it, with `\n`).
+    fn hide_line_end(&mut self, out: &mut BytesMut) {
+        let line = std::mem::take(&mut self.partial);
+        let held = std::mem::replace(&mut self.held, Held::Start);
+        let passed_start = std::mem::take(&mut self.passed_start);
+        let text = trim_line(&line);
         if text.is_empty() && std::mem::take(&mut self.hid_event) {
             return;
         }
         self.hid_event = false;
-        let hide = self.read(text);
-        if hide && self.hide {
+        if !passed_start && held != Held::Tail && self.read(text) {
             self.hid_event = true;
             return;
         }
-        if let Some(o) = out {
-            o.extend_from_slice(line);
+        out.extend_from_slice(&strip_usage_null(&line));
+    }
+
+    /// The stream ended: what is held goes out (an unfinished line cannot be a usage event).
+    fn hide_end(&mut self, out: &mut BytesMut) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            if !self.passed_start && self.read(trim_line(&line)) {
+                return;
+            }
+            out.extend_from_slice(&line);
         }
+        self.held = Held::Start;
+        self.passed_start = false;
     }
 
     /// Takes the usage out of a `data:` line; `true` for a usage-only event.
@@ -188,7 +301,7 @@ mod tests {
         (s.tokens(), out)
     }
 
-    const OPENAI: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+    const OPENAI: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi there, a longer answer\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
 
     #[test]
     fn the_last_usage_chunk_is_read_and_passed_on() {
@@ -206,7 +319,7 @@ mod tests {
 
     #[test]
     fn hidden_when_the_client_did_not_ask_wherever_the_chunks_split() {
-        let want = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: [DONE]\n\n";
+        let want = "data: {\"choices\":[{\"delta\":{\"content\":\"hi there, a longer answer\"}}]}\n\ndata: [DONE]\n\n";
         for split in 1..OPENAI.len() {
             let (a, b) = OPENAI.split_at(split);
             let (t, out) = run(Dialect::OpenAi, true, &[a, b]);
@@ -257,5 +370,30 @@ mod tests {
             out.len(),
             want.len()
         );
+    }
+
+    #[test]
+    fn hiding_holds_only_an_undecided_start_and_the_last_bytes() {
+        let mut s = SseUsage::new(Dialect::OpenAi, true);
+        let line = "data: {\"choices\":[{\"delta\":{\"content\":\"a long answer going on and on\"}}],\"usage\":null}\n";
+        let (a, b) = line.split_at(40);
+        let mut first = Bytes::copy_from_slice(a.as_bytes());
+        s.feed(&mut first, false);
+        assert_eq!(
+            std::str::from_utf8(&first).unwrap(),
+            &a[..a.len() - HOLD_TAIL],
+            "past `\"choices\":[{{`, everything but the tail goes at once"
+        );
+        let mut rest = Bytes::copy_from_slice(b.as_bytes());
+        s.feed(&mut rest, false);
+        let all = format!(
+            "{}{}",
+            std::str::from_utf8(&first).unwrap(),
+            std::str::from_utf8(&rest).unwrap()
+        );
+        assert_eq!(all, line.replace(",\"usage\":null}", "}"));
+        let mut undecided = Bytes::from_static(b"data: {\"id\":\"x\",\"cho");
+        s.feed(&mut undecided, false);
+        assert!(undecided.is_empty(), "not decided yet: held");
     }
 }

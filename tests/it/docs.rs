@@ -20,6 +20,7 @@ const STRUCT_PATHS: &[(&str, &str)] = &[
     ("AuditSection", "audit"),
     ("MetricsSection", "metrics"),
     ("ReloadSection", "reload"),
+    ("UsageSection", "usage"),
     ("ProviderSpec", "providers.<name>"),
     ("HealthCheckSpec", "providers.<name>.health_check"),
     ("BreakerSpec", "providers.<name>.breaker"),

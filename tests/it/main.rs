@@ -22,3 +22,4 @@ mod shutdown;
 mod streaming;
 mod tls_upstream;
 mod upgrade;
+mod usage;

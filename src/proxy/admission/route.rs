@@ -12,7 +12,7 @@ use crate::proxy::attempts::Plan;
 use crate::proxy::body::ReadBody;
 use crate::proxy::errors::GatewayError;
 use crate::proxy::model_field::{self, ProbeError};
-use crate::registry::{Model, ProviderIdx, Target};
+use crate::registry::{Model, ModelIdx, ProviderIdx, Target};
 use crate::runtime::Runtime;
 use crate::upstream::timeouts::Timeouts;
 use bytes::Bytes;
@@ -27,6 +27,14 @@ pub struct Route {
     /// The first target (the one that answers may be a later one: see the plan).
     pub target: Target,
     pub stream: bool,
+    /// The client asked for the stream's usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// The most output tokens the request allows, when it says.
+    // Read by quota reservations (issue 9, next).
+    #[allow(dead_code)]
+    pub max_tokens: Option<u64>,
+    /// The registry's model (`None` for a test-mode name the registry does not know).
+    pub model: Option<ModelIdx>,
 }
 
 /// What routing found out, whatever it decided: the audit and access logs name the model.
@@ -52,8 +60,12 @@ pub enum Outcome {
         plan: Plan,
         body: Bytes,
     },
-    /// The built-in mock answers in place, with `body` renamed for it.
-    Mock { route: Route, body: Bytes },
+    /// The built-in mock answers in place, with `body` made for it (see `body_for`).
+    Mock {
+        route: Route,
+        body: Bytes,
+        usage_requested: bool,
+    },
     /// A chunked body too large for Pingora's retry buffer: the same request runs again as a
     /// subrequest with this body, on behalf of `principal`.
     Relay { body: Bytes, principal: Principal },
@@ -117,9 +129,14 @@ pub fn route(
                 return routing.refuse(Refused::Denied(Refusal::ModelForbidden));
             }
         }
-        let route = test_mode_route(rt, mock, group, &probe.model, probe.stream);
-        let body = body.bytes;
-        routing.outcome = Outcome::Mock { route, body };
+        let route = test_mode_route(rt, mock, group, &probe, known);
+        let (body, usage_requested) =
+            body_for(rt, &route, &probe.model, &body.bytes, &route.target);
+        routing.outcome = Outcome::Mock {
+            route,
+            body,
+            usage_requested,
+        };
         return routing;
     }
     let found = match (known, rt.registry.default_model()) {
@@ -150,6 +167,9 @@ pub fn route(
         default_model_used,
         target: target.clone(),
         stream: probe.stream,
+        include_usage: probe.include_usage,
+        max_tokens: probe.max_tokens,
+        model: Some(idx),
     };
     routing.outcome = destination(rt, model, route, &probe.model, &body, caller, now);
     routing
@@ -167,15 +187,12 @@ fn destination(
     now: tokio::time::Instant,
 ) -> Outcome {
     if let Some(t) = mock_first_in_line(rt, model) {
-        let body = if requested == &*t.upstream_model {
-            body.bytes.clone()
-        } else {
-            model_field::rewrite_model(&body.bytes, &t.upstream_model)
-                .unwrap_or_else(|| body.bytes.clone())
-        };
+        let route = route(t);
+        let (body, usage_requested) = body_for(rt, &route, requested, &body.bytes, t);
         return Outcome::Mock {
-            route: route(t),
+            route,
             body,
+            usage_requested,
         };
     }
     if !body.replayable {
@@ -217,15 +234,53 @@ fn mock_first_in_line<'m>(rt: &Runtime, model: &'m Model) -> Option<&'m Target> 
         .filter(|t| is_mock(t))
 }
 
+/// The body an attempt at `target` sends: `model` renamed for the target when it expects
+/// another name, and, for a stream to an OpenAI-kind provider whose client did not ask for the
+/// usage chunk, the chunk asked for (`usage.force_stream_usage`). `true` when it was: the
+/// response's usage chunk is then the gateway's, not the client's.
+pub fn body_for(
+    rt: &Runtime,
+    route: &Route,
+    requested: &str,
+    original: &Bytes,
+    target: &Target,
+) -> (Bytes, bool) {
+    let renamed = if requested == &*target.upstream_model {
+        original.clone()
+    } else {
+        model_field::rewrite_model(original, &target.upstream_model)
+            .unwrap_or_else(|| original.clone())
+    };
+    let openai_kind = matches!(
+        rt.provider(target.provider).kind,
+        ProviderKind::Openai
+            | ProviderKind::OpenaiCompatible
+            | ProviderKind::Azure
+            | ProviderKind::Mock
+    );
+    let chat_like = matches!(
+        route.group,
+        EndpointGroup::Chat | EndpointGroup::Completions
+    );
+    if !(rt.force_stream_usage && route.stream && !route.include_usage && openai_kind && chat_like)
+    {
+        return (renamed, false);
+    }
+    match model_field::request_usage(&renamed) {
+        Some(b) => (b, true),
+        None => (renamed, false),
+    }
+}
+
 /// `X-Test-Mode: true` (development): the mock answers, whatever the model.
 fn test_mode_route(
     rt: &Runtime,
     mock: ProviderIdx,
     group: &EndpointGroup,
-    model: &str,
-    stream: bool,
+    probe: &model_field::Probe<'_>,
+    known: Option<ModelIdx>,
 ) -> Route {
-    let name: Arc<str> = Arc::from(model);
+    let name: Arc<str> = Arc::from(probe.model.as_ref());
     Route {
         group: group.clone(),
         model_id: name.clone(),
@@ -236,6 +291,9 @@ fn test_mode_route(
             upstream_model: name,
             timeouts: Timeouts::DEFAULT,
         },
-        stream,
+        stream: probe.stream,
+        include_usage: probe.include_usage,
+        max_tokens: probe.max_tokens,
+        model: known,
     }
 }

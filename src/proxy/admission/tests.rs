@@ -263,12 +263,45 @@ fn a_mock_first_in_line_answers_with_the_body_renamed_for_it() {
         r#"{"model":"local-small","stream":true}"#,
         false,
     );
-    let Outcome::Mock { route, body } = r.outcome else {
+    let Outcome::Mock {
+        route,
+        body,
+        usage_requested,
+    } = r.outcome
+    else {
         panic!("expected the mock, got {:?}", r.outcome);
     };
     assert_eq!(&*route.model_id, "local-small");
     assert_eq!(&*route.target.upstream_model, "mock-small");
     assert!(route.stream);
+    assert!(
+        usage_requested,
+        "a stream whose client did not ask for usage"
+    );
+    assert_eq!(
+        &body[..],
+        br#"{"stream_options":{"include_usage":true},"model":"mock-small","stream":true}"#
+    );
+
+    let asked = r#"{"model":"local-small","stream":true,"stream_options":{"include_usage":true}}"#;
+    let r = route_chat(&rt, &["user"], asked, false);
+    let Outcome::Mock {
+        usage_requested, ..
+    } = r.outcome
+    else {
+        panic!("expected the mock");
+    };
+    assert!(!usage_requested, "the client's own");
+    let off = runtime(&format!("{CONFIG}usage: {{ force_stream_usage: false }}\n"));
+    let r = route_chat(
+        &off,
+        &["user"],
+        r#"{"model":"local-small","stream":true}"#,
+        false,
+    );
+    let Outcome::Mock { body, .. } = r.outcome else {
+        panic!("expected the mock");
+    };
     assert_eq!(&body[..], br#"{"model":"mock-small","stream":true}"#);
 }
 
@@ -276,7 +309,7 @@ fn a_mock_first_in_line_answers_with_the_body_renamed_for_it() {
 fn test_mode_sends_any_name_to_the_mock_but_keeps_model_permissions() {
     let rt = runtime(CONFIG);
     let r = route_chat(&rt, &["user"], r#"{"model":"no-such-model"}"#, true);
-    let Outcome::Mock { route, body } = r.outcome else {
+    let Outcome::Mock { route, body, .. } = r.outcome else {
         panic!("expected the mock, got {:?}", r.outcome);
     };
     assert_eq!(&*route.model_id, "no-such-model");

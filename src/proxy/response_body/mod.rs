@@ -9,6 +9,7 @@ mod sse;
 pub use sse::error_event as sse_error_event;
 
 use crate::upstream::keys::ProviderKey;
+use crate::usage::{Dialect, UsageMeter};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use scrub::{Collected, ErrorBody};
@@ -25,6 +26,8 @@ const SSE_LINE_HEAD: usize = 14;
 pub struct ResponseWatch {
     /// The response is a `text/event-stream`.
     pub sse: bool,
+    /// Follows a successful response's token usage.
+    pub usage: Option<UsageMeter>,
     /// An SSE event carried an `error` object.
     pub error_event: bool,
     lines: LineHeads<SSE_LINE_HEAD>,
@@ -34,21 +37,47 @@ pub struct ResponseWatch {
 
 impl ResponseWatch {
     /// Looks at the response header. Error responses are collected and scrubbed, so their
-    /// length may change: `Content-Length` goes (the client gets a chunked body).
-    pub fn start(&mut self, resp: &mut ResponseHeader, secrets: Vec<Arc<ProviderKey>>) {
-        self.sse = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if resp.status.as_u16() >= 400 && !self.sse {
+    /// length may change: `Content-Length` goes (the client gets a chunked body). A successful
+    /// one is metered for usage (`dialect`); `hide_usage` takes out a stream's usage chunk that
+    /// the gateway asked for, which changes the length too.
+    pub fn start(
+        &mut self,
+        resp: &mut ResponseHeader,
+        secrets: Vec<Arc<ProviderKey>>,
+        dialect: Dialect,
+        hide_usage: bool,
+    ) {
+        self.sse = is_event_stream(resp);
+        let status = resp.status.as_u16();
+        if status >= 400 && !self.sse {
             resp.remove_header(&http::header::CONTENT_LENGTH);
             self.scrub = Some(ErrorBody::new(secrets));
         }
+        if (200..300).contains(&status) {
+            let hide = hide_usage && self.sse;
+            if hide {
+                resp.remove_header(&http::header::CONTENT_LENGTH);
+            }
+            self.usage = Some(UsageMeter::new(dialect, self.sse, hide));
+        }
     }
 
-    /// Sees one body chunk (replacing it when an error body is being scrubbed).
+    /// Sees one body chunk (replacing it when an error body is being scrubbed, or a hidden
+    /// usage chunk taken out).
     pub fn chunk(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) {
+        if let Some(meter) = &mut self.usage {
+            match body {
+                Some(b) => meter.chunk(b, end_of_stream),
+                None if end_of_stream => {
+                    let mut empty = Bytes::new();
+                    meter.chunk(&mut empty, true);
+                    if !empty.is_empty() {
+                        *body = Some(empty);
+                    }
+                }
+                None => {}
+            }
+        }
         if self.sse {
             if let (Some(b), false) = (body, self.error_event) {
                 self.error_event = self.lines.feed(b, |head| {
@@ -71,6 +100,14 @@ impl ResponseWatch {
     }
 }
 
+/// Whether a response is a Server-Sent Events stream.
+pub fn is_event_stream(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,7 +119,7 @@ mod tests {
             .unwrap();
         resp.insert_header("content-length", "99").unwrap();
         let mut w = ResponseWatch::default();
-        w.start(&mut resp, vec![]);
+        w.start(&mut resp, vec![], Dialect::OpenAi, false);
         assert!(resp.headers.get("content-length").is_none());
         let mut first = Some(Bytes::from_static(b"{\"m\":\"key sk-abcdef"));
         w.chunk(&mut first, false);
@@ -98,7 +135,7 @@ mod tests {
         resp.insert_header("content-type", "text/event-stream")
             .unwrap();
         let mut w = ResponseWatch::default();
-        w.start(&mut resp, vec![]);
+        w.start(&mut resp, vec![], Dialect::OpenAi, false);
         let mut b = Some(Bytes::from_static(b"data: {\"choices\":[]}\n\n"));
         w.chunk(&mut b, false);
         assert!(!w.error_event);
@@ -114,7 +151,7 @@ mod tests {
         resp.insert_header("content-type", "text/event-stream")
             .unwrap();
         let mut w = ResponseWatch::default();
-        w.start(&mut resp, vec![]);
+        w.start(&mut resp, vec![], Dialect::OpenAi, false);
         for c in chunks {
             w.chunk(&mut Some(Bytes::from_static(c)), false);
         }

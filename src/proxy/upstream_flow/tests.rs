@@ -32,6 +32,7 @@ models:
 fn routed(rt: &Arc<Runtime>, model: &str) -> RequestCtx {
     let mut ctx = RequestCtx::new(rt.clone(), crate::shutdown::Drain::new().enter());
     ctx.request_id = "rid".into();
+    ctx.requested_model = Some(model.into());
     let m = rt.registry.get(rt.registry.lookup(model).unwrap());
     let now = tokio::time::Instant::now();
     let mut plan = Plan::new(rt, m.id.clone(), m.targets.clone(), Arc::from("alice"), now);
@@ -42,6 +43,9 @@ fn routed(rt: &Arc<Runtime>, model: &str) -> RequestCtx {
         default_model_used: false,
         target: m.targets[0].clone(),
         stream: false,
+        include_usage: false,
+        max_tokens: None,
+        model: Some(rt.registry.lookup(model).unwrap()),
     });
     ctx.plan = Some(plan);
     ctx
