@@ -11,6 +11,7 @@ pub mod line_sink;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
+pub mod quota;
 pub mod registry;
 pub mod reload;
 pub mod runtime;

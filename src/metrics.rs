@@ -43,6 +43,10 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// Unix time of the last applied reload (or of the start).
     pub config_last_success: IntGauge,
+    /// Requests refused by a quota rule, by rule id.
+    pub quota_rejections: IntCounterVec,
+    /// Quota checks the store could not answer (`quotas.on_store_error` decided).
+    pub quota_store_errors: IntCounter,
 }
 
 impl Metrics {
@@ -134,6 +138,19 @@ impl Metrics {
             "Unix time of the last applied configuration (start or reload)",
         )
         .expect("valid metric");
+        let quota_rejections = IntCounterVec::new(
+            Opts::new(
+                "ultra_quota_rejections_total",
+                "Requests refused by a quota rule (429 quota_exceeded), by rule id",
+            ),
+            &["rule"],
+        )
+        .expect("valid metric");
+        let quota_store_errors = IntCounter::new(
+            "ultra_quota_store_errors_total",
+            "Quota checks the quota store could not answer",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -147,6 +164,8 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(config_last_success.clone()),
+            Box::new(quota_rejections.clone()),
+            Box::new(quota_store_errors.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -164,6 +183,8 @@ impl Metrics {
             config_reloads,
             config_generation,
             config_last_success,
+            quota_rejections,
+            quota_store_errors,
         }
     }
 

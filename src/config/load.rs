@@ -5,6 +5,7 @@ use super::auth::*;
 use super::error::{join_path, ConfigError, ConfigErrors};
 use super::interpolate::interpolate_tree;
 use super::observability::*;
+use super::quotas::QuotasSection;
 use super::schema::*;
 use super::{env_file, validate, Config, LoadedModel};
 use serde::de::DeserializeOwned;
@@ -12,7 +13,7 @@ use serde_yaml::{Mapping, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-const TOP_LEVEL_KEYS: &str = "`mode`, `env_files`, `server`, `logging`, `auth`, `audit`, `metrics`, `reload`, `usage`, `providers`, `models_file`, `models`, `default_model`";
+const TOP_LEVEL_KEYS: &str = "`mode`, `env_files`, `server`, `logging`, `auth`, `audit`, `metrics`, `reload`, `usage`, `quotas`, `providers`, `models_file`, `models`, `default_model`";
 
 /// Loads and validates the configuration at `path`. `env` looks up environment variables
 /// (tests pass a map; the binary passes the process environment).
@@ -116,6 +117,7 @@ fn load_inner(
         metrics: s.metrics,
         reload: s.reload,
         usage: s.usage,
+        quotas: s.quotas,
         providers: s.providers,
         models: s.models,
         default_model: s.default_model,
@@ -171,6 +173,7 @@ struct Sections {
     metrics: MetricsSection,
     reload: ReloadSection,
     usage: UsageSection,
+    quotas: QuotasSection,
     providers: BTreeMap<String, ProviderSpec>,
     models: Vec<LoadedModel>,
     default_model: Option<String>,
@@ -189,6 +192,7 @@ impl Sections {
             "metrics" => self.metrics = de(value, file, "metrics", errors).unwrap_or_default(),
             "reload" => self.reload = de(value, file, "reload", errors).unwrap_or_default(),
             "usage" => self.usage = de(value, file, "usage", errors).unwrap_or_default(),
+            "quotas" => self.quotas = de(value, file, "quotas", errors).unwrap_or_default(),
             "providers" => self.providers = load_providers(value, file, errors),
             "models_file" => {
                 self.models_file =

@@ -8,6 +8,7 @@ pub mod error;
 pub mod interpolate;
 mod load;
 mod observability;
+pub mod quotas;
 pub mod schema;
 mod validate;
 mod validate_auth;
@@ -16,6 +17,9 @@ pub use auth::*;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_str, load_with, Reader};
 pub use observability::*;
+pub use quotas::{
+    OnStoreError, QuotaMatch, QuotaPer, QuotaRule, QuotaStoreKind, QuotasSection, RedisSpec,
+};
 pub use schema::*;
 
 use std::collections::BTreeMap;
@@ -40,6 +44,7 @@ pub struct Config {
     pub metrics: MetricsSection,
     pub reload: ReloadSection,
     pub usage: UsageSection,
+    pub quotas: QuotasSection,
     pub providers: BTreeMap<String, ProviderSpec>,
     pub models: Vec<LoadedModel>,
     pub default_model: Option<String>,

@@ -482,6 +482,11 @@ pub struct ModelSpec {
     pub max_output_tokens: Option<u64>,
     #[serde(default)]
     pub pricing: Option<PricingSpec>,
+    /// Output tokens a quota reservation counts for a request that names no `max_tokens` (or
+    /// `max_completion_tokens`, `max_output_tokens`). Default 1024, or `max_output_tokens`
+    /// when smaller.
+    #[serde(default)]
+    pub default_output_tokens: Option<u64>,
     /// Free-form capability tags (`chat`, `streaming`, `tools`, `vision`, `embeddings`, ...).
     #[serde(default)]
     pub capabilities: Vec<String>,

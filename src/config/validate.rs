@@ -41,6 +41,7 @@ pub fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     validate_models(c, errors);
     super::validate_auth::validate_auth(c, errors);
     super::validate_auth::validate_production(c, errors);
+    super::quotas::validate(c, errors);
 }
 
 /// What a `mock` provider takes (no endpoints, no keys, its `mock` settings) and what others need.
@@ -470,6 +471,13 @@ fn validate_targets_and_pricing(
                 ));
             }
         }
+    }
+    if s.default_output_tokens == Some(0) {
+        errors.push(ConfigError::new(
+            file,
+            format!("{p}.default_output_tokens"),
+            "must be at least 1",
+        ));
     }
     if let Some(pr) = &s.pricing {
         for (field, v) in [

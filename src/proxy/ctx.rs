@@ -7,6 +7,7 @@ use super::response_body::ResponseWatch;
 use super::timers::AttemptTimer;
 use super::DEFAULT_MODEL_HEADER;
 use crate::auth::Principal;
+use crate::quota::{window, Headroom, Reservation};
 use crate::runtime::Runtime;
 use crate::shutdown::InFlight;
 use bytes::Bytes;
@@ -73,6 +74,10 @@ pub struct RequestCtx {
     /// The client's address (the peer, or `X-Forwarded-For` from a trusted proxy), worked out
     /// once at the start of `request_filter`; `None` when unknown.
     pub(super) client: Option<std::net::IpAddr>,
+    /// What this request reserved of its quotas, settled in `logging`.
+    pub(super) quota: Option<Reservation>,
+    /// The tightest rule's `x-ratelimit-*` values, when a quota rule applies.
+    pub(super) ratelimit: Option<Headroom>,
 }
 
 impl RequestCtx {
@@ -110,6 +115,8 @@ impl RequestCtx {
             endpoint: Cow::Borrowed("unknown"),
             audited: false,
             client: None,
+            quota: None,
+            ratelimit: None,
         }
     }
 
@@ -137,6 +144,42 @@ impl RequestCtx {
         if let Some(r) = &self.route {
             if r.default_model_used {
                 let _ = h.insert_header(DEFAULT_MODEL_HEADER, &*r.model_id);
+            }
+        }
+        if let Some(room) = &self.ratelimit {
+            ratelimit_headers(h, room);
+        }
+    }
+}
+
+/// OpenAI's rate-limit headers from the tightest quota rule. They replace the provider's, which
+/// describe the gateway's own key, not this caller.
+fn ratelimit_headers(h: &mut ResponseHeader, room: &Headroom) {
+    let now = window::now_ms();
+    const NAMES: [[&str; 3]; 2] = [
+        [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ],
+        [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ],
+    ];
+    for ([limit, remaining, reset], head) in NAMES.into_iter().zip([room.requests, room.tokens]) {
+        match head {
+            Some(head) => {
+                let left = head.reset_at_ms.saturating_sub(now);
+                let _ = h.insert_header(limit, head.limit.to_string());
+                let _ = h.insert_header(remaining, head.remaining.to_string());
+                let _ = h.insert_header(reset, window::openai_duration(left));
+            }
+            None => {
+                for name in [limit, remaining, reset] {
+                    h.remove_header(name);
+                }
             }
         }
     }

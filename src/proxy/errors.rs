@@ -59,6 +59,10 @@ pub enum GatewayError {
     Internal,
     /// The gateway is shutting down and its grace period ended before the response did.
     ShuttingDown,
+    /// A quota rule has no room for this request.
+    QuotaExceeded(crate::quota::Exceeded),
+    /// The quota store did not answer and `quotas.on_store_error` is `deny`.
+    QuotaUnavailable,
 }
 
 impl GatewayError {
@@ -73,7 +77,7 @@ impl GatewayError {
             GatewayError::RequestTooLarge { .. } => 413,
             GatewayError::BadUpstream { .. } | GatewayError::ProviderAuthFailed { .. } => 502,
             GatewayError::NoHealthyUpstream { .. } => 503,
-            GatewayError::ProviderRateLimited { .. } => 429,
+            GatewayError::ProviderRateLimited { .. } | GatewayError::QuotaExceeded(_) => 429,
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Forbidden => 403,
@@ -82,7 +86,9 @@ impl GatewayError {
                     401
                 }
             },
-            GatewayError::AuditUnavailable | GatewayError::ShuttingDown => 503,
+            GatewayError::AuditUnavailable
+            | GatewayError::ShuttingDown
+            | GatewayError::QuotaUnavailable => 503,
             GatewayError::Internal => 500,
         }
     }
@@ -101,8 +107,11 @@ impl GatewayError {
             GatewayError::BadUpstream { .. }
             | GatewayError::ProviderAuthFailed { .. }
             | GatewayError::NoHealthyUpstream { .. }
-            | GatewayError::UpstreamTimeout { .. } => "upstream_error",
-            GatewayError::ProviderRateLimited { .. } => "rate_limit_error",
+            | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::QuotaUnavailable => "upstream_error",
+            GatewayError::ProviderRateLimited { .. } | GatewayError::QuotaExceeded(_) => {
+                "rate_limit_error"
+            }
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Forbidden => "permission_error",
                 RefusalKind::Missing
@@ -141,6 +150,8 @@ impl GatewayError {
             GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Internal => "internal_error",
             GatewayError::ShuttingDown => "gateway_shutting_down",
+            GatewayError::QuotaExceeded(_) => "quota_exceeded",
+            GatewayError::QuotaUnavailable => "quota_unavailable",
         }
     }
 
@@ -193,6 +204,10 @@ impl GatewayError {
             GatewayError::ShuttingDown => {
                 "This gateway is shutting down and could not finish the response in time. Retry; another instance will serve it.".into()
             }
+            GatewayError::QuotaExceeded(e) => quota_message(e),
+            GatewayError::QuotaUnavailable => {
+                "The gateway cannot check your quota right now (its quota store does not answer). Try again shortly.".into()
+            }
         }
     }
 
@@ -208,7 +223,10 @@ impl GatewayError {
                 | RefusalKind::InvalidApiKey
                 | RefusalKind::Forbidden => None,
             },
-            GatewayError::AuditUnavailable | GatewayError::ShuttingDown => Some(1),
+            GatewayError::AuditUnavailable
+            | GatewayError::ShuttingDown
+            | GatewayError::QuotaUnavailable => Some(1),
+            GatewayError::QuotaExceeded(e) => e.retry_after_secs,
             GatewayError::InvalidJson(_)
             | GatewayError::MissingModel(_)
             | GatewayError::ModelNotFound { .. }
@@ -234,7 +252,10 @@ impl GatewayError {
             // upload that may well go through the next time: the SDK's own policy decides.
             GatewayError::AuditUnavailable
             | GatewayError::ShuttingDown
+            | GatewayError::QuotaUnavailable
             | GatewayError::BodyTimeout { .. } => None,
+            // Waiting for the window lets it through; a request that can never fit cannot.
+            GatewayError::QuotaExceeded(e) => e.retry_after_secs.is_none().then_some(false),
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Unavailable => None,
                 RefusalKind::Missing
@@ -304,6 +325,25 @@ pub fn error_json(message: &str, error_type: &str, param: Option<&str>, code: &s
         "error": { "message": message, "type": error_type, "param": param, "code": code }
     });
     Bytes::from(serde_json::to_vec(&v).expect("JSON value serializes"))
+}
+
+/// Names the rule and its limit, and when to come back (or why never).
+fn quota_message(e: &crate::quota::Exceeded) -> String {
+    let limit = e.kind.describe(e.limit);
+    match e.retry_after_secs {
+        Some(s) => format!("Quota `{}` exceeded ({limit}). Try again in {s} s.", e.rule),
+        None => {
+            let need = if e.kind == crate::quota::LimitKind::CostPerDay {
+                format!("${:.4}", crate::usage::cost::usd(e.estimate))
+            } else {
+                format!("{} tokens", e.estimate)
+            };
+            format!(
+                "This request alone needs about {need}, more than quota `{}` allows ({limit}): it cannot be served under this rule. Send a shorter request or a lower max_tokens.",
+                e.rule
+            )
+        }
+    }
 }
 
 /// Lists what the gateway serves, from the same tables that route requests.

@@ -34,6 +34,7 @@ impl Gateway {
         if let Some(c) = &charged {
             self.record_usage(ctx, c);
         }
+        settle_quota(ctx, charged.as_ref());
         let since_sent = |end: Option<Instant>| Some(ms(end?.duration_since(ctx.upstream_sent?)));
         let route = ctx.route.as_ref();
         let principal = ctx.principal.as_ref();
@@ -136,19 +137,22 @@ pub(super) struct Charged {
 }
 
 /// The charge of a request that got a successful answer from a provider (or the mock); `None`
-/// for the rest (refusals, local endpoints, provider errors).
+/// for the rest (refusals, local endpoints, provider errors). Without reported usage: the
+/// estimate from the bytes, or the quota reservation's estimate when that is larger (a stream
+/// the client left early is charged what it reserved).
 pub(super) fn charge(ctx: &RequestCtx, bytes_in: u64) -> Option<Charged> {
     let meter = ctx.response.usage.as_ref()?;
     let (tokens, estimated) = match meter.reported() {
         Some(t) => (t, false),
-        None => (
-            Tokens {
-                input: estimate_tokens(bytes_in),
-                output: estimate_tokens(meter.bytes),
+        None => {
+            let reserved = ctx.quota.as_ref().map(|r| r.estimate).unwrap_or_default();
+            let tokens = Tokens {
+                input: estimate_tokens(bytes_in).max(reserved.input),
+                output: estimate_tokens(meter.bytes).max(reserved.output),
                 cached_input: 0,
-            },
-            true,
-        ),
+            };
+            (tokens, true)
+        }
     };
     let pricing = ctx
         .route
@@ -160,6 +164,17 @@ pub(super) fn charge(ctx: &RequestCtx, bytes_in: u64) -> Option<Charged> {
         estimated,
         micro_usd: pricing.map(|p| cost::micro_usd(&tokens, p)),
     })
+}
+
+/// Replaces the request's quota reservation with what it spent (gives it back when it spent
+/// nothing), or records a served request that reserved nothing, for `/api/usage`.
+fn settle_quota(ctx: &mut RequestCtx, charged: Option<&Charged>) {
+    let spent = charged.map(|c| (c.tokens.total(), c.micro_usd.unwrap_or(0)));
+    match (ctx.quota.take(), spent, &ctx.principal) {
+        (Some(r), spent, _) => r.settle(spent),
+        (None, Some((tokens, micro)), Some(p)) => ctx.rt.quotas.record_unreserved(p, tokens, micro),
+        (None, _, _) => {}
+    }
 }
 
 /// The model label of metrics: a configured model's id (never a name a client made up).

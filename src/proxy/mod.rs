@@ -384,6 +384,17 @@ impl Gateway {
         if !self.audit(session, ctx, Some(caller), None) {
             return respond::error(session, ctx, GatewayError::AuditUnavailable).await;
         }
+        let routed = match &routing.outcome {
+            Outcome::Proxy { route, .. } | Outcome::Mock { route, .. } => Some(route),
+            Outcome::Relay { .. } | Outcome::Refuse { .. } => None,
+        };
+        if let Some(route) = routed {
+            let body_len = session.body_bytes_read() as u64;
+            if let Some(e) = self.reserve_quota(ctx, caller, route, body_len).await {
+                ctx.route = Some(route.clone());
+                return respond::error(session, ctx, e).await;
+            }
+        }
         match routing.outcome {
             Outcome::Proxy { route, plan, body } => {
                 ctx.route = Some(route);
@@ -403,6 +414,30 @@ impl Gateway {
             }
             Outcome::Refuse { why, .. } => self.refuse(session, ctx, Some(caller), why).await,
         }
+    }
+
+    /// Step 4: reserves the caller's quotas for `route` (headers and reservation into `ctx`);
+    /// the error to answer with when the request may not go on.
+    async fn reserve_quota(
+        &self,
+        ctx: &mut RequestCtx,
+        caller: &Principal,
+        route: &admission::route::Route,
+        body_len: u64,
+    ) -> Option<GatewayError> {
+        let checked = admission::quota::check(&ctx.rt, caller, route, body_len).await;
+        ctx.quota = checked.reservation;
+        ctx.ratelimit = checked.headroom;
+        if checked.store_failed {
+            self.metrics.quota_store_errors.inc();
+        }
+        if let Some(GatewayError::QuotaExceeded(e)) = &checked.refused {
+            self.metrics
+                .quota_rejections
+                .with_label_values(&[&*e.rule])
+                .inc();
+        }
+        checked.refused
     }
 
     /// Answers a refusal: the audit line (`deny`, or `allow` for a caller admitted whose

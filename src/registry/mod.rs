@@ -42,10 +42,15 @@ pub struct Model {
     pub context_window: Option<u64>,
     pub max_output_tokens: Option<u64>,
     pub pricing: Option<PricingSpec>,
+    /// Output tokens a quota reservation counts when a request names no maximum.
+    pub default_output_tokens: u64,
     pub capabilities: Vec<String>,
     pub description: Option<String>,
     pub created: u64,
 }
+
+/// `default_output_tokens` when a model does not set it (nor a smaller `max_output_tokens`).
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 1024;
 
 /// The compiled registry.
 #[derive(Debug)]
@@ -98,6 +103,10 @@ impl Registry {
                 context_window: s.context_window,
                 max_output_tokens: s.max_output_tokens,
                 pricing: s.pricing.clone(),
+                default_output_tokens: s.default_output_tokens.unwrap_or_else(|| {
+                    s.max_output_tokens
+                        .map_or(DEFAULT_OUTPUT_TOKENS, |m| m.min(DEFAULT_OUTPUT_TOKENS))
+                }),
                 capabilities: s.capabilities.clone(),
                 description: s.description.clone(),
                 created: s.created.unwrap_or(0),

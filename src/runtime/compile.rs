@@ -5,8 +5,12 @@
 use super::Runtime;
 use crate::auth::client_addr::TrustedProxies;
 use crate::auth::Authenticator;
+use crate::config::QuotaStoreKind;
 use crate::config::{Config, ConfigError, ConfigErrors, Mode, ProviderKind, ProviderSpec};
 use crate::endpoints::EndpointGroup;
+use crate::quota::redis::RedisStore;
+use crate::quota::rules::Rules;
+use crate::quota::{Quotas, Store};
 use crate::registry::{ProviderIdx, Registry};
 use crate::state::State;
 use crate::upstream::breaker::BreakerPolicy;
@@ -55,6 +59,7 @@ impl Runtime {
             metrics,
             reload: _,
             usage,
+            quotas: quotas_section,
             providers: provider_specs,
             models: _,
             default_model: _,
@@ -85,6 +90,16 @@ impl Runtime {
         let Ok(auth) = auth else {
             return Err(errors);
         };
+        let quotas = compile_quotas(quotas_section, &auth, &registry, state)
+            .map_err(|msg| {
+                errors
+                    .0
+                    .push(ConfigError::new(&config.file, "quotas.redis.url", msg))
+            })
+            .ok();
+        let Some(quotas) = quotas else {
+            return Err(errors);
+        };
         let runtime = Runtime {
             mode: *mode,
             max_body_bytes: server.max_body_bytes,
@@ -98,11 +113,42 @@ impl Runtime {
             metrics_on_main: metrics.enabled && metrics.listen.is_none(),
             generation: 1,
             force_stream_usage: usage.force_stream_usage,
+            quotas,
             extra_paths: extra_paths(config),
             views: RwLock::new(HashMap::new()),
         };
         errors.into_result((runtime, warnings))
     }
+}
+
+/// The quota rules against this configuration's roles and models, and the store they count in
+/// (carried in `state`, so that counters survive a reload).
+fn compile_quotas(
+    spec: &crate::config::QuotasSection,
+    auth: &Authenticator,
+    registry: &Registry,
+    state: &Arc<State>,
+) -> Result<Quotas, String> {
+    let store = match spec.store {
+        QuotaStoreKind::Memory => Store::Memory(state.quota_memory.clone()),
+        QuotaStoreKind::Redis => {
+            let r = &spec.redis;
+            let key = (r.url.clone(), r.key_prefix.clone(), r.timeout_ms);
+            let made = match state.quota_redis.get(&key) {
+                Some(s) => s,
+                None => {
+                    let s = Arc::new(RedisStore::new(&r.url, &r.key_prefix, r.timeout_ms)?);
+                    state.quota_redis.get_or_insert(&key, || s)
+                }
+            };
+            Store::Redis(made)
+        }
+    };
+    Ok(Quotas {
+        rules: Rules::compile(spec, &auth.rbac, registry),
+        store,
+        on_store_error: spec.on_store_error,
+    })
 }
 
 /// One provider: its key ring, CA list, request credentials and, unless it is a mock, its pool.

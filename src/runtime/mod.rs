@@ -42,6 +42,8 @@ pub struct Runtime {
     pub generation: u64,
     /// `usage.force_stream_usage`.
     pub force_stream_usage: bool,
+    /// `quotas`: the rules and the store they count in.
+    pub quotas: crate::quota::Quotas,
     /// Model lists per role set: the caller sees only what it may use.
     views: RwLock<HashMap<Access, View>>,
 }

@@ -98,6 +98,11 @@ pub struct State {
     pub health: Entries<Arc<str>, ProviderHealth>,
     pub key_slots: Entries<(Arc<str>, Arc<str>), KeySlot>,
     pub jwks: Entries<String, JwksUrl>,
+    /// Quota counters of the `memory` store: one per process, whatever the configuration, so
+    /// that a reload keeps every budget (rules keep their counters by id).
+    pub quota_memory: Arc<crate::quota::memory::MemoryStore>,
+    /// `redis` stores by URL, key prefix and timeout (a reload keeps the connection).
+    pub quota_redis: Entries<(String, String, u64), crate::quota::redis::RedisStore>,
     /// What a previous process saved (`server.state_file`) for entries not created yet: taken
     /// when they are.
     seeds: parking_lot::Mutex<file::Seeds>,
@@ -179,6 +184,7 @@ impl State {
         self.health.prune();
         self.key_slots.prune();
         self.jwks.prune();
+        self.quota_redis.prune();
     }
 }
 

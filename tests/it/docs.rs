@@ -21,6 +21,10 @@ const STRUCT_PATHS: &[(&str, &str)] = &[
     ("MetricsSection", "metrics"),
     ("ReloadSection", "reload"),
     ("UsageSection", "usage"),
+    ("QuotasSection", "quotas"),
+    ("RedisSpec", "quotas.redis"),
+    ("QuotaRule", "quotas.rules"),
+    ("QuotaMatch", "quotas.rules[].match"),
     ("ProviderSpec", "providers.<name>"),
     ("HealthCheckSpec", "providers.<name>.health_check"),
     ("BreakerSpec", "providers.<name>.breaker"),
@@ -40,10 +44,21 @@ const STRUCT_PATHS: &[(&str, &str)] = &[
 fn schema_structs() -> Vec<(String, Vec<String>)> {
     let schema = read("src/config/schema.rs")
         + &read("src/config/auth.rs")
-        + &read("src/config/observability.rs");
+        + &read("src/config/observability.rs")
+        + &read("src/config/quotas.rs");
     let mut structs: Vec<(String, Vec<String>)> = Vec::new();
+    // A `#[serde(... rename = "key")]` names the next field's key.
+    let mut renamed: Option<String> = None;
     for line in schema.lines() {
         let l = line.trim_start();
+        if l.starts_with("#[serde(") {
+            renamed = l
+                .split("rename = \"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(str::to_string);
+            continue;
+        }
         let decl = l
             .strip_prefix("pub struct ")
             .or_else(|| l.strip_prefix("struct "));
@@ -63,7 +78,7 @@ fn schema_structs() -> Vec<(String, Vec<String>)> {
                 && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                 && rest.ends_with(',');
             if is_field {
-                current.1.push(name.to_string());
+                current.1.push(renamed.take().unwrap_or_else(|| name.to_string()));
             }
         }
     }

@@ -16,6 +16,7 @@ mod mock_provider;
 mod paths;
 mod pools;
 mod production;
+mod quotas;
 mod reload;
 mod routing;
 mod shutdown;

@@ -6,13 +6,16 @@
 //! 2. [`authorize`] (the caller and the request head): may this caller use this endpoint, with
 //!    this method and this declared body size;
 //! 3. [`route::route`] (the body): which model, whether the caller may use it, and where the
-//!    request goes: a provider's retry plan, the built-in mock, or a subrequest relay.
+//!    request goes: a provider's retry plan, the built-in mock, or a subrequest relay;
+//! 4. [`quota::check`] (the routed request): whether the caller's quotas have room for it,
+//!    reserving its estimate when they do.
 //!
-//! `request_filter` does the I/O between the steps (authentication, reading the body) and
-//! carries the outcome out. Quota reservation will be one more step after routing. The audit
+//! `request_filter` does the I/O between the steps (authentication, reading the body, the
+//! quota store) and carries the outcome out. The audit
 //! line follows the outcome: a [`Refused::Denied`] is audited as `deny`, anything after a
 //! successful authentication as `allow`.
 
+pub mod quota;
 pub mod route;
 
 use super::errors::GatewayError;
