@@ -11,7 +11,6 @@
 
 use super::window::{Windows, DAY_MS, MINUTE_MS};
 use super::{Checked, Counts, LimitKind, Part, Scope, Spend, StoreDown, Taken};
-use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -98,7 +97,8 @@ const DAY_TTL_MS: u64 = DAY_MS + 3_600_000;
 
 pub struct RedisStore {
     client: redis::Client,
-    conn: ArcSwapOption<ConnectionManager>,
+    /// Made on first use; concurrent first users wait for the one connection.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
     prefix: String,
     timeout: Duration,
     reserve: redis::Script,
@@ -115,7 +115,7 @@ impl RedisStore {
             .map_err(|e| format!("not a usable Redis URL ({:?})", e.kind()))?;
         Ok(RedisStore {
             client,
-            conn: ArcSwapOption::empty(),
+            conn: tokio::sync::OnceCell::new(),
             prefix: prefix.to_string(),
             timeout: Duration::from_millis(timeout_ms.max(1)),
             reserve: redis::Script::new(RESERVE),
@@ -131,16 +131,17 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
-        if let Some(c) = self.conn.load_full() {
-            return Ok((*c).clone());
-        }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(0);
-        let c = ConnectionManager::new_with_config(self.client.clone(), cfg).await?;
-        self.conn.store(Some(Arc::new(c.clone())));
-        Ok(c)
+        let c = self
+            .conn
+            .get_or_try_init(|| {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(0);
+                ConnectionManager::new_with_config(self.client.clone(), cfg)
+            })
+            .await?;
+        Ok(c.clone())
     }
 
     /// Runs `call` with a connection, within the timeout, unless the store is backing off.

@@ -78,7 +78,9 @@ fn schema_structs() -> Vec<(String, Vec<String>)> {
                 && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                 && rest.ends_with(',');
             if is_field {
-                current.1.push(renamed.take().unwrap_or_else(|| name.to_string()));
+                current
+                    .1
+                    .push(renamed.take().unwrap_or_else(|| name.to_string()));
             }
         }
     }

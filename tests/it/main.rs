@@ -17,6 +17,7 @@ mod paths;
 mod pools;
 mod production;
 mod quotas;
+mod quotas_redis;
 mod reload;
 mod routing;
 mod shutdown;

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod gateway;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod upstream;
 
