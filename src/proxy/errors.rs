@@ -12,6 +12,8 @@ use serde_json::json;
 pub enum GatewayError {
     /// The body is not JSON, or not a JSON object.
     InvalidJson(String),
+    /// A local endpoint's query string is not one it takes.
+    InvalidQuery(String),
     /// No `model`, or `model` is not a string.
     MissingModel(&'static str),
     ModelNotFound {
@@ -69,6 +71,7 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::InvalidJson(_)
+            | GatewayError::InvalidQuery(_)
             | GatewayError::MissingModel(_)
             | GatewayError::MalformedBody => 400,
             GatewayError::BodyTimeout { .. } => 408,
@@ -97,6 +100,7 @@ impl GatewayError {
     pub fn error_type(&self) -> &'static str {
         match self {
             GatewayError::InvalidJson(_)
+            | GatewayError::InvalidQuery(_)
             | GatewayError::MissingModel(_)
             | GatewayError::ModelNotFound { .. }
             | GatewayError::UnknownEndpoint
@@ -128,6 +132,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::InvalidJson(_) => "invalid_json",
+            GatewayError::InvalidQuery(_) => "invalid_query",
             GatewayError::MissingModel(_) => "missing_model",
             GatewayError::ModelNotFound { .. } => "model_not_found",
             GatewayError::UnknownEndpoint => "unknown_endpoint",
@@ -165,6 +170,7 @@ impl GatewayError {
     pub fn message(&self) -> String {
         match self {
             GatewayError::InvalidJson(detail) => format!("The request body is not valid JSON: {detail}."),
+            GatewayError::InvalidQuery(detail) => format!("The query string is not valid here: {detail}."),
             GatewayError::MissingModel(why) => format!("The request body {why}."),
             GatewayError::ModelNotFound { model, suggestions } => {
                 let shown: String = model.chars().take(128).collect();
@@ -228,6 +234,7 @@ impl GatewayError {
             | GatewayError::QuotaUnavailable => Some(1),
             GatewayError::QuotaExceeded(e) => e.retry_after_secs,
             GatewayError::InvalidJson(_)
+            | GatewayError::InvalidQuery(_)
             | GatewayError::MissingModel(_)
             | GatewayError::ModelNotFound { .. }
             | GatewayError::UnknownEndpoint
@@ -264,6 +271,7 @@ impl GatewayError {
                 | RefusalKind::Forbidden => Some(false),
             },
             GatewayError::InvalidJson(_)
+            | GatewayError::InvalidQuery(_)
             | GatewayError::MissingModel(_)
             | GatewayError::ModelNotFound { .. }
             | GatewayError::UnknownEndpoint

@@ -24,6 +24,8 @@ pub enum Local {
     ProvidersHealth,
     /// `POST /api/admin/reload` (admin): answered by `respond::reload`.
     AdminReload,
+    /// `GET /api/usage` (usage): answered by `respond::usage`.
+    Usage,
 }
 
 const MODEL_PREFIX: &str = "/v1/models/";
@@ -33,7 +35,9 @@ impl Local {
     pub fn group(self) -> &'static EndpointGroup {
         static MODELS: EndpointGroup = EndpointGroup::Models;
         static ADMIN: EndpointGroup = EndpointGroup::Admin;
+        static USAGE: EndpointGroup = EndpointGroup::Usage;
         match self {
+            Local::Usage => &USAGE,
             Local::ProvidersHealth | Local::AdminReload => &ADMIN,
             Local::Health
             | Local::Ready
@@ -56,6 +60,7 @@ pub const LISTED_PATHS: &[&str] = &[
     "/v1/models/{id}",
     "/api/available-models",
     "/api/providers/health",
+    "/api/usage",
     "/health",
     "/ready",
 ];
@@ -72,6 +77,7 @@ pub fn route(path: &str) -> Option<Local> {
         "/api/available-models" => Some(Local::AvailableModels),
         "/api/providers/health" => Some(Local::ProvidersHealth),
         "/api/admin/reload" => Some(Local::AdminReload),
+        "/api/usage" => Some(Local::Usage),
         _ if path.len() > MODEL_PREFIX.len() && path.starts_with(MODEL_PREFIX) => {
             Some(Local::Model)
         }
@@ -102,7 +108,7 @@ pub fn respond(
     }
     Ok(match local {
         // Needs the reloader and awaits it: `respond::reload`.
-        Local::AdminReload => return Err(GatewayError::Internal),
+        Local::AdminReload | Local::Usage => return Err(GatewayError::Internal),
         Local::Health => plain_json(200, json!({ "status": "ok" }), request_id),
         Local::Ready => ready(rt, request_id),
         Local::ModelsList => cached(&rt.models_list(access), if_none_match, rt, request_id),

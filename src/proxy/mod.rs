@@ -32,6 +32,7 @@ mod response_body;
 mod subrequest;
 mod timers;
 mod upstream_flow;
+mod usage_view;
 
 pub use ctx::RequestCtx;
 
@@ -342,8 +343,12 @@ impl Gateway {
                 if !self.audit(session, ctx, Some(caller), None) {
                     return respond::error(session, ctx, GatewayError::AuditUnavailable).await;
                 }
-                if local == Local::AdminReload {
-                    return respond::reload(session, ctx, self.reloader.as_deref()).await;
+                match local {
+                    Local::AdminReload => {
+                        return respond::reload(session, ctx, self.reloader.as_deref()).await
+                    }
+                    Local::Usage => return respond::usage(session, ctx, caller).await,
+                    _ => {}
                 }
                 return respond::local(session, ctx, local, caller.access).await;
             }

@@ -110,6 +110,36 @@ pub async fn reload(
     send(session, ctx, resp).await
 }
 
+/// `GET /api/usage` for `caller` (it reads the quota store, which may be Redis).
+pub async fn usage(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    caller: &crate::auth::Principal,
+) -> Result<bool> {
+    let method = &session.req_header().method;
+    if method != http::Method::GET && method != http::Method::HEAD {
+        let allow = "GET, HEAD";
+        return error(session, ctx, GatewayError::MethodNotAllowed { allow }).await;
+    }
+    let rendered = match super::usage_view::parse_query(session.req_header().uri.query()) {
+        Ok(q) => super::usage_view::render(&ctx.rt, caller, &q).await,
+        Err(e) => Err(e),
+    };
+    let body = match rendered {
+        Ok(v) => v,
+        Err(e) => return error(session, ctx, e).await,
+    };
+    let body = Bytes::from(serde_json::to_vec(&body).expect("JSON value serializes"));
+    let mut header = super::errors::json_header(200, &ctx.request_id, body.len());
+    header.insert_header("cache-control", "no-store")?;
+    let resp = LocalResponse {
+        status: 200,
+        header,
+        body,
+    };
+    send(session, ctx, resp).await
+}
+
 /// The built-in mock answers `route` in place with `body` (already made for it), metered for
 /// usage like any provider's answer (`usage_requested`: the gateway asked for the usage chunk,
 /// the client did not).

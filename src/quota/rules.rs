@@ -103,6 +103,16 @@ impl Rule {
         p.key_id.is_none() && self.subjects.contains(&*p.subject)
     }
 
+    /// Whether the rule covers a caller known only by its scope (roles unknown).
+    pub fn matches_identity(&self, s: &Scope) -> bool {
+        self.everyone
+            || match s {
+                Scope::Subject(sub) => self.subjects.contains(&**sub),
+                Scope::ApiKey(k) => self.api_keys.contains(&**k),
+                Scope::Shared => false,
+            }
+    }
+
     /// Whether the rule covers this model (`idx` when the registry knows it).
     pub fn matches_model(&self, idx: Option<ModelIdx>, id: &str) -> bool {
         match (&self.by_model, idx) {

@@ -233,3 +233,56 @@ async fn a_reservation_is_replaced_by_the_reported_usage() {
     );
     assert_eq!(left_2, 10_000 - 300 - reserved);
 }
+
+#[tokio::test]
+async fn the_usage_endpoint_shows_a_caller_its_own_and_an_admin_anyone() {
+    let up = upstream_with_usage().await;
+    let rules = "quotas:
+  rules:
+    - { id: users, match: { roles: [user] }, requests_per_minute: 10, tokens_per_day: 100000 }
+";
+    let cfg = auth_config(&up.url(), rules).replace(
+        "endpoints: [chat, models] }",
+        "endpoints: [chat, models, usage] }",
+    );
+    let files = key_files();
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let gw = TestGateway::start_with(&cfg, &files, &[]);
+    clear_of_minute_edge(secs(5)).await;
+    let alice = hs_token("alice", &["user"]);
+    let admin = hs_token("root", &["admin"]);
+    for _ in 0..2 {
+        let r = post_as(&gw, &alice, &chat_body("gpt-4o-mini")).await;
+        assert_eq!(r.status(), 200);
+        let rid = header(&r, "x-request-id").unwrap().to_string();
+        gw.access_entry(&rid).await;
+    }
+    let mine = gw.get_json_as("/api/usage", &alice).await;
+    assert_eq!(mine["caller"], json!({"kind": "subject", "id": "alice"}));
+    assert_eq!(mine["today"]["requests"], 2);
+    assert_eq!(mine["today"]["tokens"], 600);
+    let rule = &mine["rules"][0];
+    assert_eq!(rule["id"], "users");
+    assert_eq!(rule["minute"]["requests"], 2);
+    assert_eq!(rule["minute"]["remaining_requests"], 8);
+    assert_eq!(
+        rule["day"]["tokens"], 600,
+        "settled with the reported usage"
+    );
+    assert_eq!(rule["day"]["remaining_tokens"], 100000 - 600);
+    // Only an admin may look at someone else, or at the top spenders.
+    let r = gw.get_as("/api/usage?subject=bob", &alice).await;
+    assert_eq!(r.status(), 403);
+    let r = gw.get_as("/api/usage?top=3", &alice).await;
+    assert_eq!(r.status(), 403);
+    let theirs = gw.get_json_as("/api/usage?subject=alice", &admin).await;
+    assert_eq!(theirs["today"], mine["today"]);
+    assert_eq!(theirs["rules"][0]["minute"]["requests"], 2);
+    let top = gw.get_json_as("/api/usage?top=3", &admin).await;
+    assert_eq!(top["top"][0]["id"], "alice");
+    assert_eq!(top["top"][0]["today"]["tokens"], 600);
+    let r = gw.get_as("/api/usage?top=lots", &admin).await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_query");
+}
