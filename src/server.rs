@@ -139,6 +139,12 @@ pub fn run(
     ));
 
     let drain = Drain::new();
+    {
+        let (serving, drain) = (runtime.clone(), drain.clone());
+        metrics.set_state_source(Box::new(move |m| {
+            crate::metrics::state::refresh(m, &serving.load(), drain.in_flight())
+        }));
+    }
     let logs = (access_log.clone(), audit.clone());
     let grace = Duration::from_secs(config.server.grace_period_seconds);
     // Holds the serving runtime: the state's entries are weak, and Pingora drops its services

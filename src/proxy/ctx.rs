@@ -47,6 +47,8 @@ pub struct RequestCtx {
     pub(super) last_provider: Option<Arc<str>>,
     pub(super) last_backend: Option<SocketAddr>,
     pub(super) last_key_id: Option<Arc<str>>,
+    /// The provider and key index of the last attempt (its use today is counted per key).
+    pub(super) last_key: Option<(crate::registry::ProviderIdx, usize)>,
     pub(super) upstream_sent: Option<Instant>,
     pub(super) upstream_header: Option<Instant>,
     pub(super) upstream_done: Option<Instant>,
@@ -99,6 +101,7 @@ impl RequestCtx {
             last_provider: None,
             last_backend: None,
             last_key_id: None,
+            last_key: None,
             upstream_sent: None,
             upstream_header: None,
             upstream_done: None,

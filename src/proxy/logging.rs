@@ -75,6 +75,15 @@ impl Gateway {
     }
 
     fn record_usage(&self, ctx: &RequestCtx, c: &Charged) {
+        if let Some((p, i)) = ctx.last_key {
+            let day = crate::quota::window::today();
+            ctx.rt.provider(p).keys.record_usage(
+                i,
+                c.tokens.total(),
+                c.micro_usd.unwrap_or(0),
+                day,
+            );
+        }
         let model = model_label(ctx);
         let provider = ctx.provider_name().unwrap_or("unknown");
         let m = &self.metrics;
@@ -106,9 +115,35 @@ impl Gateway {
         let buf = itoa_status(status);
         let status_label = std::str::from_utf8(&buf).unwrap_or("0");
         let m = &self.metrics;
+        let class: &str = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "none",
+        };
+        let provider = if ctx.attempts() > 0 || ctx.response.usage.is_some() {
+            ctx.provider_name().unwrap_or("none")
+        } else {
+            "none"
+        };
         m.requests
-            .with_label_values(&[&*ctx.endpoint, status_label])
+            .with_label_values(&[
+                &*ctx.endpoint,
+                model_label(ctx),
+                provider,
+                status_label,
+                class,
+            ])
             .inc();
+        if let (Some(s), Some(h), Some(p)) =
+            (ctx.upstream_sent, ctx.upstream_header, ctx.provider_name())
+        {
+            m.ttfb
+                .with_label_values(&[p])
+                .observe(h.duration_since(s).as_secs_f64());
+        }
         m.request_duration
             .with_label_values(&[&*ctx.endpoint])
             .observe(elapsed.as_secs_f64());

@@ -214,7 +214,19 @@ impl ProxyHttp for Gateway {
         if let Some(t) = &ctx.timer {
             t.progress();
         }
-        upstream_flow::on_response(ctx, resp)
+        let outcome = match resp.status.as_u16() {
+            100..=199 => None,
+            200..=399 => Some("2xx"),
+            401 => Some("401"),
+            429 => Some("429"),
+            400..=499 => Some("4xx"),
+            _ => Some("5xx"),
+        };
+        let result = upstream_flow::on_response(ctx, resp);
+        if let Some(outcome) = outcome {
+            self.count_attempt(ctx, outcome, result.is_err());
+        }
+        result
     }
 
     fn response_body_filter(
@@ -247,7 +259,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        upstream_flow::on_connect_failure(ctx, e)
+        let e = upstream_flow::on_connect_failure(ctx, e);
+        self.count_attempt(ctx, "connect_error", e.retry());
+        e
     }
 
     fn error_while_proxy(
@@ -259,7 +273,11 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let written = response_started(session);
-        upstream_flow::on_proxy_error(ctx, e, written, client_reused)
+        let e = upstream_flow::on_proxy_error(ctx, e, written, client_reused);
+        if ctx.attempts() > 0 {
+            self.count_attempt(ctx, "error", e.retry());
+        }
+        e
     }
 
     async fn fail_to_proxy(
@@ -418,6 +436,18 @@ impl Gateway {
                 Ok(true)
             }
             Outcome::Refuse { why, .. } => self.refuse(session, ctx, Some(caller), why).await,
+        }
+    }
+
+    /// One upstream attempt's outcome, and a retry when another attempt follows it.
+    fn count_attempt(&self, ctx: &RequestCtx, outcome: &str, retried: bool) {
+        let provider = ctx.provider_name().unwrap_or("unknown");
+        self.metrics
+            .attempts
+            .with_label_values(&[provider, outcome])
+            .inc();
+        if retried {
+            self.metrics.retries.with_label_values(&[outcome]).inc();
         }
     }
 

@@ -46,6 +46,7 @@ pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     ctx.upstream_done = None;
     ctx.last_backend = Some(attempt.backend.addr);
     ctx.last_key_id = attempt.key.as_ref().map(|(_, k)| k.id.clone());
+    ctx.last_key = attempt.key.as_ref().map(|(i, _)| (attempt.provider, *i));
     let provider = ctx.rt.provider(attempt.provider);
     Ok(Box::new(http_peer(
         &attempt.backend,
@@ -106,7 +107,10 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
     let provider = rt.provider(a.provider);
     let key = a.key.clone();
     if let Some((i, _)) = &key {
-        provider.keys.observe(*i, status);
+        let day = crate::quota::window::today();
+        provider
+            .keys
+            .observe_response(*i, status, &resp.headers, day);
     }
     let refused = |why: &str| {
         tracing::warn!(

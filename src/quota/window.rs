@@ -13,6 +13,11 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Today's UTC day number.
+pub fn today() -> u64 {
+    now_ms() / DAY_MS
+}
+
 /// The windows a moment falls in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {

@@ -59,6 +59,8 @@ struct Inner {
     consecutive: u32,
     /// Times it re-opened since it last closed (doubles the cooldown).
     reopenings: u32,
+    /// Transitions to open, half-open and closed since it was made (for the metrics).
+    transitions: [u64; 3],
 }
 
 /// What the breaker says about one more request.
@@ -108,6 +110,7 @@ impl Breaker {
                 state: State::Closed,
                 consecutive: 0,
                 reopenings: 0,
+                transitions: [0; 3],
             }),
         }
     }
@@ -129,6 +132,9 @@ impl Breaker {
             State::Closed => Admission::Allowed,
             State::Open { until } if now < until => Admission::Refused,
             State::Open { .. } | State::HalfOpen { probing: false } => {
+                if matches!(inner.state, State::Open { .. }) {
+                    inner.transitions[1] += 1;
+                }
                 inner.state = State::HalfOpen { probing: true };
                 Admission::Probe
             }
@@ -150,6 +156,7 @@ impl Breaker {
         let mut inner = self.inner.lock();
         match inner.state {
             State::HalfOpen { .. } if probe => {
+                inner.transitions[2] += 1;
                 inner.state = State::Closed;
                 inner.consecutive = 0;
                 inner.reopenings = 0;
@@ -165,12 +172,14 @@ impl Breaker {
             State::HalfOpen { .. } if probe => {
                 inner.reopenings += 1;
                 let until = now + self.policy.cooldown(inner.reopenings);
+                inner.transitions[0] += 1;
                 inner.state = State::Open { until };
             }
             State::Closed => {
                 inner.consecutive += 1;
                 if inner.consecutive >= self.policy.failures {
                     inner.consecutive = 0;
+                    inner.transitions[0] += 1;
                     inner.state = State::Open {
                         until: now + self.policy.cooldown(0),
                     };
@@ -187,6 +196,11 @@ impl Breaker {
                 inner.state = State::HalfOpen { probing: false };
             }
         }
+    }
+
+    /// Transitions to `open`, `half_open` and `closed` so far.
+    pub fn transitions(&self) -> [u64; 3] {
+        self.inner.lock().transitions
     }
 
     pub fn snapshot(&self, now: Instant) -> BreakerSnapshot {

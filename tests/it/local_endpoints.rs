@@ -44,7 +44,7 @@ async fn metrics_on_the_main_listener() {
         .starts_with("text/plain; version=0.0.4"));
     let text = r.text().await.unwrap();
     assert!(
-        text.contains("ultra_requests_total{endpoint=\"health\",status=\"200\"} 1"),
+        text.contains("ultra_requests_total{endpoint=\"health\",model=\"unknown\",provider=\"none\",status=\"200\",status_class=\"2xx\"} 1"),
         "{text}"
     );
     let r = client().post(gw.url("/metrics")).send().await.unwrap();

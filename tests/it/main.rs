@@ -12,6 +12,7 @@ mod docs;
 mod errors;
 mod headers;
 mod local_endpoints;
+mod metrics;
 mod mock_provider;
 mod paths;
 mod pools;

@@ -15,10 +15,12 @@
 //!
 //! `ring` picks keys and keeps their state; `source` loads values (and re-reads key files);
 //! `hints` reads a 429's cooldown from the provider's headers; `key` is a key as it goes on the
-//! wire; `view` is what the provider health endpoint shows.
+//! wire; `quota` the provider's reported limits and the key's use today; `view` is what the
+//! provider health endpoint (and the metrics) show.
 
 mod hints;
 mod key;
+pub mod quota;
 mod ring;
 mod source;
 mod view;

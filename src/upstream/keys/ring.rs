@@ -27,6 +27,12 @@ pub(super) struct SlotState {
     pub(super) last_status: Option<u16>,
     /// 429s in a row without another answer in between.
     pub(super) refusals_in_a_row: u32,
+    /// The provider's last word on this key's limits.
+    pub(super) limits: Option<super::quota::ProviderLimits>,
+    /// What went through the key today.
+    pub(super) today: super::quota::KeyDay,
+    /// Times taken out, by `quota::COOLDOWN_REASONS`.
+    pub(super) cooldowns: [u64; 2],
 }
 
 /// One key of a ring: its value and what the provider said about it. Shared by the rings of
@@ -289,6 +295,29 @@ impl KeyRing {
         }
     }
 
+    /// A provider response through key `index`: its status and the limits it reports.
+    pub fn observe_response(&self, index: usize, status: u16, headers: &HeaderMap, day: u64) {
+        let limits = super::quota::ProviderLimits::from_headers(headers);
+        self.observe(index, status);
+        let mut st = self.slots[index].state.lock();
+        if limits.is_some() {
+            st.limits = limits;
+        }
+        st.today = st.today.on(day);
+        st.today.requests += 1;
+    }
+
+    /// Tokens and cost a request served through key `index` was charged.
+    pub fn record_usage(&self, index: usize, tokens: u64, micro_usd: u64, day: u64) {
+        let Some(slot) = self.slots.get(index) else {
+            return;
+        };
+        let mut st = slot.state.lock();
+        st.today = st.today.on(day);
+        st.today.tokens += tokens;
+        st.today.micro_usd += micro_usd;
+    }
+
     /// A 429 for the value `used`: the key rests until the provider says it may come back; when
     /// it does not say, for 30 s, doubled for each such 429 in a row (up to 1 h). `None` when
     /// the slot holds another value by now (a rotated file): the new value is not punished.
@@ -316,6 +345,7 @@ impl KeyRing {
             doubled.min(MAX_COOLDOWN)
         });
         st.cooling_until = Some(now + wait);
+        st.cooldowns[0] += 1;
         drop(st);
         if in_a_row >= 3 {
             tracing::warn!(key_id = %slot.id, seconds = wait.as_secs_f64(), in_a_row, "provider key rate-limited again; cooling down (a key refused this often may be out of quota)");
@@ -334,7 +364,9 @@ impl KeyRing {
             return;
         }
         tracing::error!(key_id = %slot.id, reason, "provider key refused; taken out until it changes");
-        slot.state.lock().disabled = Some((used_digest, reason));
+        let mut st = slot.state.lock();
+        st.disabled = Some((used_digest, reason));
+        st.cooldowns[1] += 1;
     }
 
     /// The current secret values (to scrub them from provider error bodies).

@@ -14,6 +14,21 @@ pub struct KeyView {
     pub disabled_reason: Option<&'static str>,
     pub requests: u64,
     pub last_status: Option<u16>,
+    /// The provider's last reported limits for this key (`x-ratelimit-*`).
+    pub provider_limits: Option<super::quota::ProviderLimits>,
+    /// Requests, tokens and cost sent through it today (UTC).
+    pub today: KeyToday,
+    /// Times taken out of rotation, by reason.
+    #[serde(skip)]
+    pub cooldowns: [u64; 2],
+}
+
+/// A key's use today.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyToday {
+    pub requests: u64,
+    pub tokens: u64,
+    pub cost_usd: f64,
 }
 
 impl KeyRing {
@@ -39,6 +54,7 @@ impl KeyRing {
                 } else {
                     "active"
                 };
+                let today = st.today.on(crate::quota::window::today());
                 KeyView {
                     id: slot.id.to_string(),
                     state,
@@ -46,6 +62,13 @@ impl KeyRing {
                     disabled_reason: disabled,
                     requests: st.requests,
                     last_status: st.last_status,
+                    provider_limits: st.limits.clone(),
+                    today: KeyToday {
+                        requests: today.requests,
+                        tokens: today.tokens,
+                        cost_usd: crate::usage::cost::usd(today.micro_usd),
+                    },
+                    cooldowns: st.cooldowns,
                 }
             })
             .collect()

@@ -3,10 +3,16 @@
 //! `_total`. No per-caller labels: label values come from the configuration (endpoint groups,
 //! provider names) or small fixed sets (status codes, reason codes).
 
+pub mod state;
+
 use prometheus::{
     CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::OnceLock;
+
+/// Fills the state metrics just before a scrape renders them.
+pub type StateSource = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 /// `Content-Type` of `render`'s output (Prometheus text exposition format).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -22,7 +28,7 @@ const OVERHEAD_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
-    /// Requests by endpoint group and response status.
+    /// Requests by endpoint group, model, provider, response status and status class.
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     /// Upstream exchange (request sent to response complete) by provider.
@@ -47,6 +53,30 @@ pub struct Metrics {
     pub quota_rejections: IntCounterVec,
     /// Quota checks the store could not answer (`quotas.on_store_error` decided).
     pub quota_store_errors: IntCounter,
+    /// Upstream request header to response header, by provider.
+    pub ttfb: HistogramVec,
+    /// Upstream attempts by provider and outcome (`2xx`, `4xx`, `401`, `429`, `5xx`,
+    /// `connect_error`, `error`).
+    pub attempts: IntCounterVec,
+    /// Attempts followed by another, by the failed attempt's outcome.
+    pub retries: IntCounterVec,
+    // Set at scrape time (see `state`):
+    pub backend_healthy: IntGaugeVec,
+    pub breaker_state: IntGaugeVec,
+    pub breaker_transitions: IntCounterVec,
+    pub key_state: IntGaugeVec,
+    pub ratelimit_remaining: IntGaugeVec,
+    pub key_cooldowns: IntCounterVec,
+    pub inflight: IntGauge,
+    state_source: OnceLock<StateSource>,
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
 }
 
 impl Metrics {
@@ -55,9 +85,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "ultra_requests_total",
-                "Requests by endpoint group and status",
+                "Requests by endpoint group, model, provider, status and status class",
             ),
-            &["endpoint", "status"],
+            &["endpoint", "model", "provider", "status", "status_class"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
@@ -151,6 +181,69 @@ impl Metrics {
             "Quota checks the quota store could not answer",
         )
         .expect("valid metric");
+        let ttfb = HistogramVec::new(
+            HistogramOpts::new(
+                "ultra_time_to_first_byte_seconds",
+                "Upstream request sent to response header, by provider",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let attempts = counter_vec(
+            "ultra_upstream_attempts_total",
+            "Upstream attempts by provider and outcome",
+            &["provider", "outcome"],
+        );
+        let retries = counter_vec(
+            "ultra_retries_total",
+            "Upstream attempts followed by another, by why the attempt failed",
+            &["reason"],
+        );
+        let backend_healthy = gauge_vec(
+            "ultra_backend_healthy",
+            "1 when a backend is healthy and has passed a health check",
+            &["provider", "backend"],
+        );
+        let breaker_state = gauge_vec(
+            "ultra_breaker_state",
+            "Circuit breaker state per backend: 0 closed, 1 half-open, 2 open",
+            &["provider", "backend"],
+        );
+        let breaker_transitions = counter_vec(
+            "ultra_breaker_transitions_total",
+            "Circuit breaker transitions of a provider's backends, by the state entered",
+            &["provider", "to"],
+        );
+        let key_state = gauge_vec(
+            "ultra_provider_key_state",
+            "1 for a provider key's current state (active, cooling, disabled, missing)",
+            &["provider", "key_id", "state"],
+        );
+        let ratelimit_remaining = gauge_vec(
+            "ultra_provider_ratelimit_remaining",
+            "What the provider last reported left for a key (x-ratelimit-remaining-*)",
+            &["provider", "key_id", "kind"],
+        );
+        let key_cooldowns = counter_vec(
+            "ultra_key_cooldowns_total",
+            "Times a provider key was taken out of rotation, by reason",
+            &["provider", "key_id", "reason"],
+        );
+        let inflight = IntGauge::new("ultra_inflight_requests", "Requests being served")
+            .expect("valid metric");
+        let build_info = gauge_vec(
+            "ultra_build_info",
+            "Always 1; the gateway's version as a label",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Present at zero from the start, so that alerts on their rate see a series.
+        for result in ["applied", "rejected"] {
+            config_reloads.with_label_values(&[result]);
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -166,6 +259,17 @@ impl Metrics {
             Box::new(config_last_success.clone()),
             Box::new(quota_rejections.clone()),
             Box::new(quota_store_errors.clone()),
+            Box::new(ttfb.clone()),
+            Box::new(attempts.clone()),
+            Box::new(retries.clone()),
+            Box::new(backend_healthy.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(breaker_transitions.clone()),
+            Box::new(key_state.clone()),
+            Box::new(ratelimit_remaining.clone()),
+            Box::new(key_cooldowns.clone()),
+            Box::new(inflight.clone()),
+            Box::new(build_info),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -185,11 +289,30 @@ impl Metrics {
             config_last_success,
             quota_rejections,
             quota_store_errors,
+            ttfb,
+            attempts,
+            retries,
+            backend_healthy,
+            breaker_state,
+            breaker_transitions,
+            key_state,
+            ratelimit_remaining,
+            key_cooldowns,
+            inflight,
+            state_source: OnceLock::new(),
         }
+    }
+
+    /// Where the state metrics come from (the serving runtime); set once at start.
+    pub fn set_state_source(&self, source: StateSource) {
+        let _ = self.state_source.set(source);
     }
 
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
+        if let Some(source) = self.state_source.get() {
+            source(self);
+        }
         let mut out = Vec::with_capacity(8 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
@@ -209,11 +332,13 @@ mod tests {
     #[test]
     fn renders_registered_metrics() {
         let m = Metrics::new();
-        m.requests.with_label_values(&["chat", "200"]).inc();
+        m.requests
+            .with_label_values(&["chat", "m", "p", "200", "2xx"])
+            .inc();
         m.audit_dropped.inc();
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
-            text.contains("ultra_requests_total{endpoint=\"chat\",status=\"200\"} 1"),
+            text.contains("ultra_requests_total{endpoint=\"chat\",model=\"m\",provider=\"p\",status=\"200\",status_class=\"2xx\"} 1"),
             "{text}"
         );
         assert!(text.contains("ultra_audit_dropped_total 1"));
