@@ -1,11 +1,13 @@
 //! Per-request cost of quotas and usage metering: a memory-store check-and-reserve (one caller
-//! rule plus one shared rule) with 10 to 100,000 callers, and the usage meter on one SSE chunk
-//! (plain, and hiding the usage chunk the client did not ask for). Run with
-//! `cargo bench --bench quota`.
+//! rule plus one shared rule) with 10 to 100,000 callers; the same in a `redis-server` on
+//! loopback, started by the bench (skipped with a message when `redis-server` is not on the
+//! PATH); and the usage meter on one SSE chunk (plain, and hiding the usage chunk the client did
+//! not ask for). Run with `cargo bench --bench quota`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::sync::Arc;
 use ultra_gateway::quota::memory::MemoryStore;
+use ultra_gateway::quota::redis::RedisStore;
 use ultra_gateway::quota::rules::Limits;
 use ultra_gateway::quota::window::{now_ms, Windows};
 use ultra_gateway::quota::{Ask, Part, Scope, Taken};
@@ -67,6 +69,68 @@ fn reserve(c: &mut Criterion) {
     g.finish();
 }
 
+/// A `redis-server` on a free loopback port, killed when dropped.
+struct Redis(std::process::Child, u16);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Option<Redis> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let r = Redis(child, port);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(r);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
+fn reserve_redis(c: &mut Criterion) {
+    let Some(redis) = start_redis() else {
+        eprintln!("redis-server not found: the Redis quota bench is skipped");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("redis://127.0.0.1:{}/0", redis.1);
+    let store = Arc::new(RedisStore::new(&url, "bench:", 1000).unwrap());
+    let names: Vec<Arc<str>> = (0..1000).map(|i| Arc::from(format!("user-{i}"))).collect();
+    let mut i = 0;
+    c.bench_function("quota_reserve_redis_loopback", |b| {
+        b.iter(|| {
+            i = (i + 7) % names.len();
+            let mut p = parts(&names[i]);
+            let w = Windows::at(now_ms());
+            black_box(
+                rt.block_on(store.reserve(&mut p, w))
+                    .expect("redis answers"),
+            )
+        })
+    });
+    drop(redis);
+}
+
 fn sse_chunk(c: &mut Criterion) {
     let chunk = bytes::Bytes::from_static(
         b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello there, a token\"}}],\"usage\":null}\n\n",
@@ -83,5 +147,5 @@ fn sse_chunk(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, reserve, sse_chunk);
+criterion_group!(benches, reserve, reserve_redis, sse_chunk);
 criterion_main!(benches);
