@@ -112,6 +112,7 @@ pub fn run(
                 path = %path.display(),
                 backends = snapshot.backends.len(),
                 keys = snapshot.keys.len(),
+                quota_counters = snapshot.quotas.len(),
                 age_seconds = snapshot.age_ms() / 1000,
                 "state taken over from the state file"
             );

@@ -206,6 +206,118 @@ impl MemoryStore {
     }
 }
 
+/// One bucket or spending entry of the state file: counters of the current windows, by rule
+/// id (empty for spending) and scope.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedCounts {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule: String,
+    /// `shared`, `subject` or `api_key`.
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    pub minute: u64,
+    pub day: u64,
+    pub requests: u64,
+    pub tokens_minute: u64,
+    pub tokens_day: u64,
+    pub micro_usd_day: u64,
+}
+
+fn scope_from(kind: &str, id: &str) -> Option<Scope> {
+    match kind {
+        "shared" => Some(Scope::Shared),
+        "subject" => Some(Scope::Subject(Arc::from(id))),
+        "api_key" => Some(Scope::ApiKey(Arc::from(id))),
+        _ => None,
+    }
+}
+
+impl MemoryStore {
+    /// Today's counters, for the state file.
+    pub fn export(&self, w: Windows) -> Vec<SavedCounts> {
+        let mut out = Vec::new();
+        for shard in self.buckets.shards.iter() {
+            for ((rule, scope), b) in shard.lock().iter().filter(|(_, b)| b.day == w.day) {
+                let b = b.rolled(w);
+                out.push(SavedCounts {
+                    rule: rule.to_string(),
+                    scope: scope.kind().into(),
+                    id: scope.name().into(),
+                    minute: b.minute,
+                    day: b.day,
+                    requests: b.counts.requests,
+                    tokens_minute: b.counts.tokens_minute,
+                    tokens_day: b.counts.tokens_day,
+                    micro_usd_day: b.counts.micro_usd_day,
+                });
+            }
+        }
+        for shard in self.spend.shards.iter() {
+            for (scope, s) in shard.lock().iter().filter(|(_, s)| s.day == w.day) {
+                out.push(SavedCounts {
+                    rule: String::new(),
+                    scope: scope.kind().into(),
+                    id: scope.name().into(),
+                    minute: 0,
+                    day: s.day,
+                    requests: s.spend.requests,
+                    tokens_minute: 0,
+                    tokens_day: s.spend.tokens,
+                    micro_usd_day: s.spend.micro_usd,
+                });
+            }
+        }
+        out
+    }
+
+    /// Adds a previous process's counters (its windows still apply: they are the wall clock's).
+    pub fn import(&self, saved: &[SavedCounts], w: Windows) {
+        for s in saved.iter().filter(|s| s.day == w.day) {
+            let Some(scope) = scope_from(&s.scope, &s.id) else {
+                continue;
+            };
+            if s.rule.is_empty() {
+                self.record_spend(
+                    &scope,
+                    w,
+                    Spend {
+                        requests: s.requests,
+                        tokens: s.tokens_day,
+                        micro_usd: s.micro_usd_day,
+                    },
+                );
+                continue;
+            }
+            let key = (Arc::from(s.rule.as_str()), scope);
+            let mut map = self.buckets.shard(&key);
+            let b = map.entry(key).or_default();
+            let saved = Bucket {
+                minute: s.minute,
+                day: s.day,
+                counts: Counts {
+                    requests: s.requests,
+                    tokens_minute: s.tokens_minute,
+                    tokens_day: s.tokens_day,
+                    micro_usd_day: s.micro_usd_day,
+                },
+            }
+            .rolled(w);
+            let mine = b.rolled(w);
+            *b = Bucket {
+                minute: w.minute,
+                day: w.day,
+                counts: Counts {
+                    requests: mine.counts.requests + saved.counts.requests,
+                    tokens_minute: mine.counts.tokens_minute + saved.counts.tokens_minute,
+                    tokens_day: mine.counts.tokens_day + saved.counts.tokens_day,
+                    micro_usd_day: mine.counts.micro_usd_day + saved.counts.micro_usd_day,
+                },
+            };
+        }
+    }
+}
+
 /// `current - reserved + actual`, never below zero.
 fn adjust(current: u64, reserved: u64, actual: u64) -> u64 {
     current.saturating_sub(reserved).saturating_add(actual)

@@ -27,6 +27,10 @@ pub struct Snapshot {
     pub written_at_ms: u64,
     pub backends: Vec<BackendEntry>,
     pub keys: Vec<KeyEntry>,
+    /// The memory quota store's counters of the day (and callers' spending), so that a restart
+    /// does not hand every caller a fresh daily budget.
+    #[serde(default)]
+    pub quotas: Vec<crate::quota::memory::SavedCounts>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +57,7 @@ impl Snapshot {
             written_at_ms: unix_ms(),
             backends,
             keys,
+            quotas: Vec::new(),
         }
     }
 

@@ -113,6 +113,8 @@ impl State {
     /// created later (their seeds are kept until then). Times count on from now.
     pub fn adopt_snapshot(&self, snapshot: file::Snapshot) {
         let now = tokio::time::Instant::now();
+        let w = crate::quota::window::Windows::at(crate::quota::window::now_ms());
+        self.quota_memory.import(&snapshot.quotas, w);
         let mut seeds = file::Seeds::from(snapshot);
         seeds
             .backends
@@ -175,7 +177,10 @@ impl State {
                 })
             })
             .collect();
-        file::Snapshot::new(backends, keys)
+        let mut s = file::Snapshot::new(backends, keys);
+        let w = crate::quota::window::Windows::at(crate::quota::window::now_ms());
+        s.quotas = self.quota_memory.export(w);
+        s
     }
 
     /// Forgets what no runtime holds any more (after a swap, once old requests are done).

@@ -91,6 +91,9 @@ providers:
     health_check: {{ enabled: false }}
 models:
   - {{ id: m, targets: [{{ provider: up }}] }}
+quotas:
+  rules:
+    - {{ id: daily, tokens_per_day: 100000000 }}
 "
     );
     let path = dir.join("ultra.yaml");
@@ -108,6 +111,17 @@ async fn key_one_state(base: &str) -> Value {
         .await
         .unwrap();
     h["providers"][0]["keys"][0]["state"].clone()
+}
+
+async fn usage(base: &str) -> Value {
+    client()
+        .get(format!("{base}/api/usage"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn chat(base: &str) -> u16 {
@@ -137,6 +151,8 @@ async fn a_restart_keeps_resting_keys_through_the_state_file() {
     let mut first = Process::spawn(&path, &listen, false);
     first.wait_for_log("ultra-gateway started").await;
     rest_key_one(&base).await;
+    let usage_before = usage(&base).await;
+    assert!(usage_before["today"]["requests"].as_u64().unwrap() > 0);
     first.signal("TERM");
     first.wait_for_exit().await;
     assert!(first.logged("state saved"));
@@ -149,6 +165,13 @@ async fn a_restart_keeps_resting_keys_through_the_state_file() {
     let second = Process::spawn(&path, &listen, false);
     second.wait_for_log("ultra-gateway started").await;
     assert!(second.logged("state taken over from the state file"));
+    // The day's quota counters and spending carry over (the memory store's).
+    let usage_after = usage(&base).await;
+    assert_eq!(usage_after["today"], usage_before["today"]);
+    assert_eq!(
+        usage_after["rules"][0]["day"]["tokens"],
+        usage_before["rules"][0]["day"]["tokens"]
+    );
     assert_eq!(
         key_one_state(&base).await,
         "cooling",
