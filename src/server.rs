@@ -173,6 +173,7 @@ pub fn run(
     };
     shutdown::supervise(server.watch_execution_phase(), drain.clone(), grace, hooks)
         .map_err(|e| format!("cannot start the shutdown supervisor: {e}"))?;
+    let accept_watch = Arc::new(shutdown::AcceptWatch(drain.clone()));
     let gateway = Gateway::new(
         runtime.clone(),
         access_log,
@@ -184,6 +185,7 @@ pub fn run(
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "ultra-gateway");
     let bound_str = bound.to_string();
     proxy.add_tcp(&bound_str);
+    proxy.set_connection_filter(accept_watch);
     server.add_service(PreboundService {
         inner: proxy,
         addr: bound_str,

@@ -6,7 +6,7 @@
 //! (the state file).
 
 use pingora::server::ExecutionPhase;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
@@ -14,15 +14,22 @@ use tokio::sync::{broadcast, watch};
 /// Time given to cut requests to end (their error responses and log lines) before the exit.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
-/// How long nothing must be in flight before the process exits. A connection accepted just
-/// before the listener closed counts as a request only once its header is read (Pingora has no
-/// hook at accept), so a single look at the counter could miss it.
+/// How long nothing must be in flight before the process exits.
 const QUIET: Duration = Duration::from_millis(300);
+
+/// How long a connection accepted just before the listener closed is given to send its first
+/// request header: it counts as a request in flight only once that header is read, so until
+/// then the exit waits for it (a slow or loaded client could otherwise be cut before it is
+/// counted, which an upgrade under load showed).
+const FIRST_HEADER_WAIT: Duration = Duration::from_secs(2);
 
 /// The requests in flight, and the signal that cuts them.
 pub struct Drain {
     in_flight: AtomicUsize,
     cut: watch::Sender<bool>,
+    /// When the last connection was accepted, in milliseconds since `born` (0: never).
+    last_accept_ms: AtomicU64,
+    born: Instant,
 }
 
 impl Drain {
@@ -30,7 +37,23 @@ impl Drain {
         Arc::new(Drain {
             in_flight: AtomicUsize::new(0),
             cut: watch::channel(false).0,
+            last_accept_ms: AtomicU64::new(0),
+            born: Instant::now(),
         })
+    }
+
+    /// A connection was accepted (see [`AcceptWatch`]).
+    pub fn accepted(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_accept_ms.store(ms.max(1), Ordering::Release);
+    }
+
+    /// When the last connection was accepted, if one was.
+    fn last_accept(&self) -> Option<Instant> {
+        match self.last_accept_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.born + Duration::from_millis(ms)),
+        }
     }
 
     /// Counts a request in flight until the returned guard drops.
@@ -50,6 +73,24 @@ impl Drain {
 
     fn cut(&self) {
         self.cut.send_replace(true);
+    }
+}
+
+/// Notes each accepted connection (Pingora's connection filter, which sees a connection at
+/// accept, before any byte of it is read) and accepts it.
+pub struct AcceptWatch(pub Arc<Drain>);
+
+impl std::fmt::Debug for AcceptWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AcceptWatch")
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::listeners::ConnectionFilter for AcceptWatch {
+    async fn should_accept(&self, _addr: Option<&std::net::SocketAddr>) -> bool {
+        self.0.accepted();
+        true
     }
 }
 
@@ -121,12 +162,16 @@ pub fn supervise(
     Ok(())
 }
 
-/// Whether nothing has been in flight for `QUIET` before `deadline`.
+/// Whether nothing has been in flight for `QUIET` (and no connection accepted in the last
+/// `FIRST_HEADER_WAIT` is still to send its request) before `deadline`.
 fn wait_until_idle(drain: &Drain, deadline: Instant) -> bool {
     let mut idle_since: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if drain.in_flight() == 0 {
+        let fresh_connection = drain
+            .last_accept()
+            .is_some_and(|t| now.duration_since(t) < FIRST_HEADER_WAIT);
+        if drain.in_flight() == 0 && !fresh_connection {
             let since = *idle_since.get_or_insert(now);
             if now.duration_since(since) >= QUIET {
                 return true;
@@ -144,6 +189,24 @@ fn wait_until_idle(drain: &Drain, deadline: Instant) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_just_accepted_holds_the_exit_until_its_header_is_due() {
+        let d = Drain::new();
+        assert!(
+            wait_until_idle(&d, Instant::now() + QUIET * 4),
+            "never accepted"
+        );
+        d.accepted();
+        assert!(
+            !wait_until_idle(&d, Instant::now() + QUIET * 2),
+            "its request may still come"
+        );
+        // Once its request is counted, that request holds the exit instead.
+        let request = d.enter();
+        assert!(!wait_until_idle(&d, Instant::now() + QUIET));
+        drop(request);
+    }
 
     #[test]
     fn requests_are_counted_while_their_guard_lives() {
