@@ -89,6 +89,13 @@ end
 return 1
 "#;
 
+/// Numbers sent to the scripts stay below 2^53: Lua's numbers are doubles.
+const MAX_ARG: u64 = (1 << 53) - 1;
+
+fn arg(v: u64) -> u64 {
+    v.min(MAX_ARG)
+}
+
 /// How long the store is left alone after a failure.
 const BACK_OFF_MS: u64 = 1000;
 /// Keys outlive their window a little, for clocks a little apart.
@@ -164,6 +171,12 @@ impl RedisStore {
                     tracing::info!("quota store (Redis) answers again; quotas are shared again");
                 }
                 return Ok(v);
+            }
+            // Redis answered, with an error (a script error, a full memory): not an outage, so
+            // no back-off for everyone; this request's check failed.
+            Ok(Err(e)) if !unreachable(&e) => {
+                tracing::warn!(during = what, error = %e, "quota store (Redis) refused a command");
+                return Err(StoreDown);
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
@@ -246,15 +259,15 @@ impl RedisStore {
             let p = &parts[i];
             let (mk, dk) = self.keys(p, w);
             inv.key(mk).key(dk);
-            let l = |v: Option<u64>| v.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
+            let l = |v: Option<u64>| v.map_or(-1, |v| arg(v) as i64);
             inv.arg(l(p.limits.requests_per_minute))
                 .arg(l(p.limits.tokens_per_minute))
                 .arg(l(p.limits.tokens_per_day))
                 .arg(l(p.limits.micro_usd_per_day))
-                .arg(p.ask.tokens)
-                .arg(p.ask.tokens_needed)
-                .arg(p.ask.micro_usd)
-                .arg(p.ask.micro_usd_needed);
+                .arg(arg(p.ask.tokens))
+                .arg(arg(p.ask.tokens_needed))
+                .arg(arg(p.ask.micro_usd))
+                .arg(arg(p.ask.micro_usd_needed));
         }
         let reply: Vec<i64> = self
             .call(
@@ -315,13 +328,15 @@ impl RedisStore {
         for tag in tags {
             let mut inv = self.settle.prepare_invoke();
             let (t, c) = spent.unwrap_or((0, 0));
-            inv.arg(if spent.is_none() { 1 } else { 0 }).arg(t).arg(c);
+            inv.arg(if spent.is_none() { 1 } else { 0 })
+                .arg(arg(t))
+                .arg(arg(c));
             for p in parts.iter().filter(|p| self.tag(&p.scope, &p.rule) == tag) {
                 let (mk, dk) = self.keys(p, w);
                 inv.key(mk).key(dk);
-                inv.arg(p.taken.tokens_minute)
-                    .arg(p.taken.tokens_day)
-                    .arg(p.taken.micro_usd);
+                inv.arg(arg(p.taken.tokens_minute))
+                    .arg(arg(p.taken.tokens_day))
+                    .arg(arg(p.taken.micro_usd));
             }
             self.call("settle", |mut c| async move {
                 inv.invoke_async::<i64>(&mut c).await
@@ -471,6 +486,15 @@ impl RedisStore {
         }
         Ok(out)
     }
+}
+
+/// Whether an error means Redis cannot be reached (rather than that it answered with an error).
+fn unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
 }
 
 /// A caller as a Redis hash tag and `top` member: `s:<subject>` or `k:<key id>`.

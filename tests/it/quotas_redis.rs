@@ -130,3 +130,29 @@ async fn a_redis_outage_fails_open_or_closed_as_configured_and_sharing_resumes()
     // The restarted Redis forgot everything: the deny gateway's one request, then this one.
     assert_eq!(left, 998, "the other gateway's request counts too");
 }
+
+#[tokio::test]
+async fn a_huge_max_tokens_is_counted_without_breaking_the_store() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::openai_like().await;
+    let gw = TestGateway::start(&config_for(
+        "openai",
+        &up.url(),
+        &redis_rules(&redis.url(), "deny", 100),
+    ));
+    clear_of_minute_edge(secs(5)).await;
+    let mut body = chat_body("gpt-4o-mini");
+    body["max_tokens"] = serde_json::json!(u64::MAX);
+    let left = |r: &reqwest::Response| {
+        r.headers()["x-ratelimit-remaining-requests"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let r = gw.post_json("/v1/chat/completions", &body).await;
+    assert_eq!(r.status(), 200, "counted in Redis, not a store failure");
+    assert_eq!(left(&r), "99");
+    let r = gw.chat("gpt-4o-mini").await;
+    assert_eq!(r.status(), 200, "the store still answers for everyone");
+    assert_eq!(left(&r), "98");
+}

@@ -22,13 +22,19 @@ pub struct QuotaCheck {
     pub store_failed: bool,
 }
 
+/// The largest output estimate a request's `max_tokens` gives (2^40: far above any model).
+const MAX_OUTPUT_ESTIMATE: u64 = 1 << 40;
+
 /// What a request for `route` with a body of `body_len` bytes is expected to use.
 pub fn demand<'a>(rt: &'a Runtime, route: &Route, body_len: u64) -> Demand<'a> {
     let model = route.model.map(|i| rt.registry.get(i));
     Demand {
         input: estimate_tokens(body_len),
+        // The client's own number, bounded so that no count can overflow (a request asking for
+        // more than any limit is refused as one that can never fit).
         output: route
             .max_tokens
+            .map(|m| m.min(MAX_OUTPUT_ESTIMATE))
             .unwrap_or_else(|| model.map_or(DEFAULT_OUTPUT_TOKENS, |m| m.default_output_tokens)),
         output_explicit: route.max_tokens.is_some(),
         pricing: model.and_then(|m| m.pricing.as_ref()),
