@@ -157,10 +157,20 @@ impl RedisStore {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let now = super::window::now_ms();
-        if now < self.retry_at_ms.load(Ordering::Relaxed) {
+        if super::window::now_ms() < self.retry_at_ms.load(Ordering::Relaxed) {
             return Err(StoreDown);
         }
+        self.call_anyway(what, call).await
+    }
+
+    /// Runs `call` even while backing off: giving back and settling what was reserved must be
+    /// tried, or a failed fan-out would keep its reservation for the rest of the day.
+    async fn call_anyway<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreDown>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let now = super::window::now_ms();
         let run = async {
             let c = self.connection().await?;
             call(c).await
@@ -338,7 +348,7 @@ impl RedisStore {
                     .arg(arg(p.taken.tokens_day))
                     .arg(arg(p.taken.micro_usd));
             }
-            self.call("settle", |mut c| async move {
+            self.call_anyway("settle", |mut c| async move {
                 inv.invoke_async::<i64>(&mut c).await
             })
             .await?;
