@@ -308,10 +308,19 @@ impl MemoryStore {
                 minute: w.minute,
                 day: w.day,
                 counts: Counts {
-                    requests: mine.counts.requests + saved.counts.requests,
-                    tokens_minute: mine.counts.tokens_minute + saved.counts.tokens_minute,
-                    tokens_day: mine.counts.tokens_day + saved.counts.tokens_day,
-                    micro_usd_day: mine.counts.micro_usd_day + saved.counts.micro_usd_day,
+                    requests: mine.counts.requests.saturating_add(saved.counts.requests),
+                    tokens_minute: mine
+                        .counts
+                        .tokens_minute
+                        .saturating_add(saved.counts.tokens_minute),
+                    tokens_day: mine
+                        .counts
+                        .tokens_day
+                        .saturating_add(saved.counts.tokens_day),
+                    micro_usd_day: mine
+                        .counts
+                        .micro_usd_day
+                        .saturating_add(saved.counts.micro_usd_day),
                 },
             };
         }

@@ -113,7 +113,7 @@ pub struct Counts {
 impl Counts {
     pub fn plus(&self, t: &Taken) -> Counts {
         Counts {
-            requests: self.requests + 1,
+            requests: self.requests.saturating_add(1),
             tokens_minute: self.tokens_minute.saturating_add(t.tokens_minute),
             tokens_day: self.tokens_day.saturating_add(t.tokens_day),
             micro_usd_day: self.micro_usd_day.saturating_add(t.micro_usd),
@@ -212,7 +212,7 @@ pub struct Spend {
 impl Spend {
     pub fn plus(&self, o: &Spend) -> Spend {
         Spend {
-            requests: self.requests + o.requests,
+            requests: self.requests.saturating_add(o.requests),
             tokens: self.tokens.saturating_add(o.tokens),
             micro_usd: self.micro_usd.saturating_add(o.micro_usd),
         }
@@ -474,7 +474,7 @@ impl Quotas {
                     let estimate = if kind == LimitKind::CostPerDay {
                         demand.cost(demand.input, needed)
                     } else {
-                        demand.input + needed
+                        demand.input.saturating_add(needed)
                     };
                     let e = Exceeded {
                         rule: rule.id.clone(),

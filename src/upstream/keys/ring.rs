@@ -314,8 +314,8 @@ impl KeyRing {
         };
         let mut st = slot.state.lock();
         st.today = st.today.on(day);
-        st.today.tokens += tokens;
-        st.today.micro_usd += micro_usd;
+        st.today.tokens = st.today.tokens.saturating_add(tokens);
+        st.today.micro_usd = st.today.micro_usd.saturating_add(micro_usd);
     }
 
     /// A 429 for the value `used`: the key rests until the provider says it may come back; when
