@@ -9,6 +9,7 @@ use parking_lot::{Mutex, MutexGuard};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const SHARDS: usize = 64;
@@ -47,15 +48,46 @@ struct DaySpend {
     spend: Spend,
 }
 
-struct Sharded<K, V> {
-    shards: Box<[Mutex<HashMap<K, V>>]>,
+/// An entry that belongs to one UTC day.
+trait Dated {
+    fn day(&self) -> u64;
 }
 
-impl<K: Hash + Eq, V> Sharded<K, V> {
+impl Dated for Bucket {
+    fn day(&self) -> u64 {
+        self.day
+    }
+}
+
+impl Dated for DaySpend {
+    fn day(&self) -> u64 {
+        self.day
+    }
+}
+
+struct Sharded<K, V> {
+    shards: Box<[Mutex<HashMap<K, V>>]>,
+    /// The day each shard last forgot earlier days' entries.
+    pruned_day: Box<[AtomicU64]>,
+}
+
+impl<K: Hash + Eq, V: Dated> Sharded<K, V> {
     fn new() -> Self {
         Sharded {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            pruned_day: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// Shard `i`, locked; on a shard's first write of a day, the entries of earlier days (callers
+    /// that did not come back) are forgotten, so memory follows the day's callers.
+    fn lock_for_write(&self, i: usize, day: u64) -> MutexGuard<'_, HashMap<K, V>> {
+        let mut map = self.shards[i].lock();
+        if self.pruned_day[i].load(Ordering::Relaxed) != day {
+            map.retain(|_, v| v.day() >= day);
+            self.pruned_day[i].store(day, Ordering::Relaxed);
+        }
+        map
     }
 
     fn index(key: &K) -> usize {
@@ -97,7 +129,7 @@ impl MemoryStore {
         order.dedup();
         let mut guards: Vec<MutexGuard<'_, HashMap<BucketKey, Bucket>>> = order
             .iter()
-            .map(|&i| self.buckets.shards[i].lock())
+            .map(|&i| self.buckets.lock_for_write(i, w.day))
             .collect();
         let guard_of = |part: usize| order.binary_search(&shard_of[part]).unwrap_or(0);
         let mut after = Vec::with_capacity(parts.len());
@@ -122,9 +154,7 @@ impl MemoryStore {
             }
         }
         for (i, key) in keys.into_iter().enumerate() {
-            let map = &mut guards[guard_of(i)];
-            prune_if_large(map, w);
-            let b = map.entry(key).or_default();
+            let b = guards[guard_of(i)].entry(key).or_default();
             *b = b.rolled(w);
             b.counts = after[i];
         }
@@ -153,6 +183,12 @@ impl MemoryStore {
         }
     }
 
+    /// Buckets held (for tests of the daily forgetting).
+    #[cfg(test)]
+    pub fn buckets_held(&self) -> usize {
+        self.buckets.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
     /// A rule's counts for a scope now.
     pub fn counts(&self, rule: &Arc<str>, scope: &Scope, w: Windows) -> Counts {
         let key = (rule.clone(), scope.clone());
@@ -164,10 +200,8 @@ impl MemoryStore {
 
     /// Adds a served request to its caller's spending today.
     pub fn record_spend(&self, scope: &Scope, w: Windows, add: Spend) {
-        let mut map = self.spend.shard(scope);
-        if map.len() >= 4096 && !map.contains_key(scope) {
-            map.retain(|_, s| s.day == w.day);
-        }
+        let i = Sharded::<Scope, DaySpend>::index(scope);
+        let mut map = self.spend.lock_for_write(i, w.day);
         let e = map.entry(scope.clone()).or_default();
         if e.day != w.day {
             *e = DaySpend {
@@ -330,11 +364,4 @@ impl MemoryStore {
 /// `current - reserved + actual`, never below zero.
 fn adjust(current: u64, reserved: u64, actual: u64) -> u64 {
     current.saturating_sub(reserved).saturating_add(actual)
-}
-
-/// Forgets buckets from earlier days once a shard holds many (callers that never came back).
-fn prune_if_large(map: &mut HashMap<BucketKey, Bucket>, w: Windows) {
-    if map.len() >= 4096 && map.len().is_power_of_two() {
-        map.retain(|_, b| b.day == w.day);
-    }
 }

@@ -304,3 +304,23 @@ fn spending_lists_the_top_callers_of_the_day() {
     );
     assert_eq!(m.spend(&bob, Windows::at(T0 + DAY_MS)), Spend::default());
 }
+
+#[test]
+fn callers_of_earlier_days_are_forgotten_as_a_new_day_starts() {
+    let m = MemoryStore::default();
+    let w = Windows::at(T0);
+    for i in 0..1000 {
+        let who = Scope::Subject(Arc::from(format!("u{i}")));
+        let mut ps = [part("r", who, limits(Some(10), None, None), ask(0, 0))];
+        assert!(matches!(m.reserve(&mut ps, w), Checked::Admitted(_)));
+    }
+    assert_eq!(m.buckets_held(), 1000);
+    // The next day, writes to every shard forget yesterday's callers.
+    let tomorrow = Windows::at(T0 + DAY_MS);
+    for i in 0..1000 {
+        let who = Scope::Subject(Arc::from(format!("v{i}")));
+        let mut ps = [part("r", who, limits(Some(10), None, None), ask(0, 0))];
+        m.reserve(&mut ps, tomorrow);
+    }
+    assert_eq!(m.buckets_held(), 1000, "only today's callers are held");
+}
