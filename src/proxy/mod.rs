@@ -26,6 +26,7 @@ mod intake;
 pub mod local;
 mod logging;
 pub mod model_field;
+mod policy;
 mod provider_health;
 mod respond;
 mod response_body;

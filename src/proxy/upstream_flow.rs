@@ -6,6 +6,7 @@ use super::admission::route::body_for;
 use super::ctx::RequestCtx;
 use super::errors::GatewayError;
 use super::headers;
+use super::policy::{self, Ending, Verdict};
 use super::timers::Expired;
 use crate::config::ProviderKind;
 use crate::upstream::keys::ProviderKey;
@@ -106,13 +107,22 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
     };
     let provider = rt.provider(a.provider);
     let key = a.key.clone();
+    let (backend, started) = (a.backend.clone(), a.started);
     if let Some((i, _)) = &key {
         let day = crate::quota::window::today();
         provider
             .keys
             .observe_response(*i, status, &resp.headers, day);
     }
-    let refused = |why: &str| {
+    let verdict = policy::after(Ending::Status(status), key.is_some(), || {
+        plan.could_continue(&rt, now)
+    });
+    if let Verdict::OtherKey { refused, .. } = verdict {
+        let why = if refused {
+            "provider refused the gateway's key; trying another"
+        } else {
+            "provider rate-limited the gateway's key; trying another"
+        };
         tracing::warn!(
             request_id = %ctx.request_id,
             provider = %provider.name,
@@ -120,42 +130,13 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
             status,
             "{why}"
         );
-    };
-    match status {
-        401 | 403 => {
-            refused("provider refused the gateway's key; trying another");
-            if let (401, Some((i, k))) = (status, &key) {
-                provider.keys.disable(*i, k, "unauthorized");
-            }
-            plan.key_failed(Some(GatewayError::ProviderAuthFailed {
-                provider: provider.name.to_string(),
-            }));
-            retry(ctx, status)
-        }
-        // A keyless provider's 429 is about the caller's traffic, not a key: nothing to rotate,
-        // and its Retry-After goes to the client below.
-        429 if key.is_some() => {
-            refused("provider rate-limited the gateway's key; trying another");
-            if let Some((i, k)) = &key {
-                provider.keys.cool_down(*i, k, &resp.headers, now);
-            }
-            plan.key_failed(None);
-            retry(ctx, status)
-        }
-        500..=599 if plan.could_continue(&rt, now) => {
-            a.backend.record_error(format!("status {status}"));
-            plan.backend_failed(
-                GatewayError::BadUpstream {
-                    provider: provider.name.to_string(),
-                    detail: "it answered with a server error",
-                },
-                now,
-            );
-            retry(ctx, status)
-        }
-        _ => {
+    }
+    policy::apply_status(&rt, plan, verdict, status, &resp.headers, now);
+    match verdict {
+        Verdict::OtherKey { .. } | Verdict::OtherBackend => retry(ctx, status),
+        Verdict::Deliver | Verdict::Again | Verdict::Stop => {
             if status < 500 {
-                a.backend.record_latency(a.started.elapsed());
+                backend.record_latency(started.elapsed());
             }
             // Only error bodies are scrubbed: the ring's secrets are not copied for the rest.
             let secrets = if status >= 400 {
@@ -202,7 +183,12 @@ fn retry(ctx: &mut RequestCtx, status: u16) -> Result<()> {
 
 /// Connecting failed (refused, TLS, timeout): the backend is at fault.
 pub fn on_connect_failure(ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
-    backend_failed(ctx, e)
+    let ending = if shutting_down(ctx) {
+        Ending::Shutdown
+    } else {
+        Ending::ConnectFailed
+    };
+    backend_failed(ctx, e, ending)
 }
 
 /// The shutdown cut the attempt: not the backend's failure, and nothing to retry.
@@ -215,8 +201,8 @@ fn shutting_down(ctx: &RequestCtx) -> bool {
 /// The attempt failed because of its backend: recorded against it, and retried while the
 /// budget allows. Otherwise the client's error is decided now, while the attempt's timer still
 /// tells whether a limit ran out.
-fn backend_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-    if shutting_down(ctx) {
+fn backend_failed(ctx: &mut RequestCtx, mut e: Box<Error>, ending: Ending) -> Box<Error> {
+    if ending == Ending::Shutdown {
         end_attempt_timer(ctx);
         if let Some(plan) = ctx.plan.as_mut() {
             // Its breaker ticket is dropped unjudged.
@@ -258,32 +244,43 @@ pub fn on_proxy_error(
         e.set_retry(true);
         return e;
     }
+    // A timer that fired shut the socket down itself: that is a timeout, whatever the error
+    // Pingora saw, and it counts against the backend.
+    let timed_out = ctx.timer.as_ref().is_some_and(|t| t.expired().is_some());
+    let shutdown = shutting_down(ctx);
     let Some(plan) = ctx.plan.as_mut() else {
         e.set_retry(false);
         return e;
     };
-    if written || e.esource() == &ErrorSource::Downstream {
-        e.set_retry(false);
-        return e;
-    }
-    // A timer that fired shut the socket down itself: that is a timeout, whatever the error
-    // Pingora saw, and it counts against the backend.
-    let timed_out = ctx.timer.as_ref().is_some_and(|t| t.expired().is_some());
-    let stale_connection = reused
+    let stale = reused
         && !timed_out
         && matches!(
             e.etype(),
             ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
         );
-    if stale_connection {
-        // The provider closed an idle pooled connection: not the backend's fault, try again.
-        // The attempt's breaker ticket is dropped unjudged.
-        plan.current = None;
-        end_attempt_timer(ctx);
-        e.set_retry(true);
-        return e;
+    let ending = if written || e.esource() == &ErrorSource::Downstream {
+        Ending::AfterResponse
+    } else if shutdown {
+        Ending::Shutdown
+    } else {
+        Ending::Failed { stale }
+    };
+    let keyed = plan.current.as_ref().is_some_and(|a| a.key.is_some());
+    match policy::after(ending, keyed, || false) {
+        Verdict::Stop if ending == Ending::AfterResponse => {
+            e.set_retry(false);
+            e
+        }
+        Verdict::Again => {
+            // The provider closed an idle pooled connection: not the backend's fault, try
+            // again. The attempt's breaker ticket is dropped unjudged.
+            plan.current = None;
+            end_attempt_timer(ctx);
+            e.set_retry(true);
+            e
+        }
+        _ => backend_failed(ctx, e, ending),
     }
-    backend_failed(ctx, e)
 }
 
 /// An attempt is over: its watchdog must not outlive it (the connection may go back to the pool
