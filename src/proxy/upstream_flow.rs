@@ -68,9 +68,35 @@ pub fn prepare_request(ctx: &mut RequestCtx, req: &mut RequestHeader) -> Result<
         );
     };
     headers::scrub_request(req);
+    let query = req.uri.query().map(str::to_string);
+    address_request(
+        &ctx.rt,
+        a,
+        req,
+        &ctx.path,
+        query.as_deref(),
+        ctx.body.len(),
+        &ctx.request_id,
+    )?;
+    ctx.upstream_sent = Some(Instant::now());
+    Ok(())
+}
+
+/// Addresses a request to attempt `a`: the provider's path for `client_path` (and `query`),
+/// its Host, its credentials for the attempt's key, the body's length, no compression, the
+/// request id. The proxy hooks and the gateway's own calls (`call`) address requests alike.
+pub fn address_request(
+    rt: &crate::runtime::Runtime,
+    a: &crate::proxy::attempts::Attempt,
+    req: &mut RequestHeader,
+    client_path: &str,
+    query: Option<&str>,
+    body_len: usize,
+    request_id: &str,
+) -> Result<()> {
     let ep = &a.backend.endpoint;
-    let mut path = ep.upstream_path(&ctx.path);
-    if let Some(q) = req.uri.query() {
+    let mut path = ep.upstream_path(client_path);
+    if let Some(q) = query {
         path.push('?');
         path.push_str(q);
     }
@@ -78,14 +104,12 @@ pub fn prepare_request(ctx: &mut RequestCtx, req: &mut RequestHeader) -> Result<
         http::Uri::try_from(path).or_err(ErrorType::InternalError, "building upstream URI")?,
     );
     req.insert_header("host", &ep.host_header)?;
-    ctx.rt
-        .provider(a.provider)
+    rt.provider(a.provider)
         .auth
         .apply(req, a.key.as_ref().map(|(_, k)| &**k))?;
-    req.insert_header("content-length", ctx.body.len().to_string())?;
+    req.insert_header("content-length", body_len.to_string())?;
     req.insert_header("accept-encoding", "identity")?;
-    req.insert_header("x-request-id", &ctx.request_id)?;
-    ctx.upstream_sent = Some(Instant::now());
+    req.insert_header("x-request-id", request_id)?;
     Ok(())
 }
 
