@@ -13,7 +13,7 @@ use serde_yaml::{Mapping, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-const TOP_LEVEL_KEYS: &str = "`mode`, `env_files`, `server`, `logging`, `auth`, `audit`, `metrics`, `reload`, `usage`, `quotas`, `providers`, `models_file`, `models`, `default_model`";
+const TOP_LEVEL_KEYS: &str = "`mode`, `env_files`, `server`, `logging`, `auth`, `audit`, `metrics`, `reload`, `usage`, `quotas`, `analyze`, `providers`, `models_file`, `models`, `default_model`";
 
 /// Loads and validates the configuration at `path`. `env` looks up environment variables
 /// (tests pass a map; the binary passes the process environment).
@@ -118,6 +118,7 @@ fn load_inner(
         reload: s.reload,
         usage: s.usage,
         quotas: s.quotas,
+        analyze: s.analyze,
         providers: s.providers,
         models: s.models,
         default_model: s.default_model,
@@ -174,6 +175,7 @@ struct Sections {
     reload: ReloadSection,
     usage: UsageSection,
     quotas: QuotasSection,
+    analyze: super::analyze::AnalyzeSection,
     providers: BTreeMap<String, ProviderSpec>,
     models: Vec<LoadedModel>,
     default_model: Option<String>,
@@ -193,6 +195,7 @@ impl Sections {
             "reload" => self.reload = de(value, file, "reload", errors).unwrap_or_default(),
             "usage" => self.usage = de(value, file, "usage", errors).unwrap_or_default(),
             "quotas" => self.quotas = de(value, file, "quotas", errors).unwrap_or_default(),
+            "analyze" => self.analyze = de(value, file, "analyze", errors).unwrap_or_default(),
             "providers" => self.providers = load_providers(value, file, errors),
             "models_file" => {
                 self.models_file =

@@ -2,6 +2,7 @@
 //! `env_file`), loading with every error collected at once (`load`), and semantic validation
 //! (`validate`). Nothing here opens sockets or reads key files: that is `Runtime::compile`'s job.
 
+pub mod analyze;
 mod auth;
 pub mod env_file;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod schema;
 mod validate;
 mod validate_auth;
 
+pub use analyze::{AnalyzeSection, SynthesisSpec};
 pub use auth::*;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_str, load_with, Reader};
@@ -45,6 +47,7 @@ pub struct Config {
     pub reload: ReloadSection,
     pub usage: UsageSection,
     pub quotas: QuotasSection,
+    pub analyze: AnalyzeSection,
     pub providers: BTreeMap<String, ProviderSpec>,
     pub models: Vec<LoadedModel>,
     pub default_model: Option<String>,

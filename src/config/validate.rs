@@ -42,6 +42,7 @@ pub fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     super::validate_auth::validate_auth(c, errors);
     super::validate_auth::validate_production(c, errors);
     super::quotas::validate(c, errors);
+    super::analyze::validate(c, errors);
 }
 
 /// What a `mock` provider takes (no endpoints, no keys, its `mock` settings) and what others need.

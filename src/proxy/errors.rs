@@ -14,6 +14,15 @@ pub enum GatewayError {
     InvalidJson(String),
     /// A local endpoint's query string is not one it takes.
     InvalidQuery(String),
+    /// A gateway endpoint's JSON body is well-formed but asks for something it cannot do.
+    InvalidRequest(String),
+    /// Several models at once (`/api/analyze`) that do not exist, with close names.
+    UnknownModels {
+        names: Vec<String>,
+        suggestions: Vec<String>,
+    },
+    /// Several models at once (`/api/analyze`) the caller's roles do not allow.
+    ModelsForbidden(Vec<String>),
     /// No `model`, or `model` is not a string.
     MissingModel(&'static str),
     ModelNotFound {
@@ -72,10 +81,14 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_)
             | GatewayError::InvalidQuery(_)
+            | GatewayError::InvalidRequest(_)
             | GatewayError::MissingModel(_)
             | GatewayError::MalformedBody => 400,
             GatewayError::BodyTimeout { .. } => 408,
-            GatewayError::ModelNotFound { .. } | GatewayError::UnknownEndpoint => 404,
+            GatewayError::ModelNotFound { .. }
+            | GatewayError::UnknownModels { .. }
+            | GatewayError::UnknownEndpoint => 404,
+            GatewayError::ModelsForbidden(_) => 403,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::RequestTooLarge { .. } => 413,
             GatewayError::BadUpstream { .. } | GatewayError::ProviderAuthFailed { .. } => 502,
@@ -101,13 +114,16 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_)
             | GatewayError::InvalidQuery(_)
+            | GatewayError::InvalidRequest(_)
             | GatewayError::MissingModel(_)
             | GatewayError::ModelNotFound { .. }
+            | GatewayError::UnknownModels { .. }
             | GatewayError::UnknownEndpoint
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::RequestTooLarge { .. }
             | GatewayError::MalformedBody
             | GatewayError::BodyTimeout { .. } => "invalid_request_error",
+            GatewayError::ModelsForbidden(_) => "permission_error",
             GatewayError::BadUpstream { .. }
             | GatewayError::ProviderAuthFailed { .. }
             | GatewayError::NoHealthyUpstream { .. }
@@ -133,6 +149,9 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_) => "invalid_json",
             GatewayError::InvalidQuery(_) => "invalid_query",
+            GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::UnknownModels { .. } => "model_not_found",
+            GatewayError::ModelsForbidden(_) => "permission_denied",
             GatewayError::MissingModel(_) => "missing_model",
             GatewayError::ModelNotFound { .. } => "model_not_found",
             GatewayError::UnknownEndpoint => "unknown_endpoint",
@@ -163,6 +182,7 @@ impl GatewayError {
     fn param(&self) -> Option<&'static str> {
         match self {
             GatewayError::MissingModel(_) | GatewayError::ModelNotFound { .. } => Some("model"),
+            GatewayError::UnknownModels { .. } | GatewayError::ModelsForbidden(_) => Some("models"),
             _ => None,
         }
     }
@@ -171,6 +191,19 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(detail) => format!("The request body is not valid JSON: {detail}."),
             GatewayError::InvalidQuery(detail) => format!("The query string is not valid here: {detail}."),
+            GatewayError::InvalidRequest(detail) => format!("{detail}."),
+            GatewayError::UnknownModels { names, suggestions } => {
+                let shown: Vec<String> = names.iter().map(|n| format!("`{}`", n.chars().take(128).collect::<String>())).collect();
+                if suggestions.is_empty() {
+                    format!("These models do not exist: {}. GET /v1/models lists the models you can use.", shown.join(", "))
+                } else {
+                    format!("These models do not exist: {}. Did you mean: {}?", shown.join(", "), suggestions.join(", "))
+                }
+            }
+            GatewayError::ModelsForbidden(names) => {
+                let shown: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+                format!("Your roles do not allow these models: {}.", shown.join(", "))
+            }
             GatewayError::MissingModel(why) => format!("The request body {why}."),
             GatewayError::ModelNotFound { model, suggestions } => {
                 let shown: String = model.chars().take(128).collect();
@@ -235,8 +268,11 @@ impl GatewayError {
             GatewayError::QuotaExceeded(e) => e.retry_after_secs,
             GatewayError::InvalidJson(_)
             | GatewayError::InvalidQuery(_)
+            | GatewayError::InvalidRequest(_)
             | GatewayError::MissingModel(_)
             | GatewayError::ModelNotFound { .. }
+            | GatewayError::UnknownModels { .. }
+            | GatewayError::ModelsForbidden(_)
             | GatewayError::UnknownEndpoint
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::RequestTooLarge { .. }
@@ -272,8 +308,11 @@ impl GatewayError {
             },
             GatewayError::InvalidJson(_)
             | GatewayError::InvalidQuery(_)
+            | GatewayError::InvalidRequest(_)
             | GatewayError::MissingModel(_)
             | GatewayError::ModelNotFound { .. }
+            | GatewayError::UnknownModels { .. }
+            | GatewayError::ModelsForbidden(_)
             | GatewayError::UnknownEndpoint
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::RequestTooLarge { .. }

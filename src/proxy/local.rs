@@ -26,6 +26,8 @@ pub enum Local {
     AdminReload,
     /// `GET /api/usage` (usage): answered by `respond::usage`.
     Usage,
+    /// `POST /api/analyze` (analyze): answered by the `analyze` module.
+    Analyze,
 }
 
 const MODEL_PREFIX: &str = "/v1/models/";
@@ -36,7 +38,9 @@ impl Local {
         static MODELS: EndpointGroup = EndpointGroup::Models;
         static ADMIN: EndpointGroup = EndpointGroup::Admin;
         static USAGE: EndpointGroup = EndpointGroup::Usage;
+        static ANALYZE: EndpointGroup = EndpointGroup::Analyze;
         match self {
+            Local::Analyze => &ANALYZE,
             Local::Usage => &USAGE,
             Local::ProvidersHealth | Local::AdminReload => &ADMIN,
             Local::Health
@@ -66,7 +70,7 @@ pub const LISTED_PATHS: &[&str] = &[
 ];
 
 /// The local paths that take a `POST`, for the same message.
-pub const LISTED_POST_PATHS: &[&str] = &["/api/admin/reload"];
+pub const LISTED_POST_PATHS: &[&str] = &["/api/admin/reload", "/api/analyze"];
 
 /// Matches a normalised path.
 pub fn route(path: &str) -> Option<Local> {
@@ -78,6 +82,7 @@ pub fn route(path: &str) -> Option<Local> {
         "/api/providers/health" => Some(Local::ProvidersHealth),
         "/api/admin/reload" => Some(Local::AdminReload),
         "/api/usage" => Some(Local::Usage),
+        "/api/analyze" => Some(Local::Analyze),
         _ if path.len() > MODEL_PREFIX.len() && path.starts_with(MODEL_PREFIX) => {
             Some(Local::Model)
         }
@@ -108,7 +113,7 @@ pub fn respond(
     }
     Ok(match local {
         // Needs the reloader and awaits it: `respond::reload`.
-        Local::AdminReload | Local::Usage => return Err(GatewayError::Internal),
+        Local::AdminReload | Local::Usage | Local::Analyze => return Err(GatewayError::Internal),
         Local::Health => plain_json(200, json!({ "status": "ok" }), request_id),
         Local::Ready => ready(rt, request_id),
         Local::ModelsList => cached(&rt.models_list(access), if_none_match, rt, request_id),

@@ -16,11 +16,10 @@
 //! | `logging`                  | breaker outcome, metrics, access log                | `logging`, `upstream_flow` |
 
 mod admission;
+mod analyze;
 mod attempts;
 mod audit;
 pub mod body;
-// The analyze fan-out (issue 10, next) is its first caller; until then only its tests run it.
-#[allow(dead_code)]
 mod call;
 mod ctx;
 pub mod errors;
@@ -82,6 +81,8 @@ pub struct Gateway {
     reloader: Option<Arc<Reloader>>,
     /// Requests in flight, for a shutdown that waits no longer than they need.
     drain: Arc<Drain>,
+    /// The gateway's own upstream calls (analyze legs), with their pooled connections.
+    connector: Arc<pingora::connectors::http::Connector>,
 }
 
 impl Gateway {
@@ -100,6 +101,7 @@ impl Gateway {
             metrics,
             reloader,
             drain,
+            connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         }
     }
 }
@@ -370,6 +372,7 @@ impl Gateway {
                         return respond::reload(session, ctx, self.reloader.as_deref()).await
                     }
                     Local::Usage => return respond::usage(session, ctx, caller).await,
+                    Local::Analyze => return self.analyze(session, ctx, caller).await,
                     _ => {}
                 }
                 return respond::local(session, ctx, local, caller.access).await;

@@ -60,6 +60,7 @@ impl Runtime {
             reload: _,
             usage,
             quotas: quotas_section,
+            analyze: analyze_section,
             providers: provider_specs,
             models: _,
             default_model: _,
@@ -100,6 +101,21 @@ impl Runtime {
         let Some(quotas) = quotas else {
             return Err(errors);
         };
+        let analyze = super::AnalyzeSettings {
+            default_models: analyze_section
+                .default_models
+                .iter()
+                .filter_map(|m| registry.lookup(m))
+                .collect(),
+            max_models: analyze_section.max_models,
+            timeout: Duration::from_millis(analyze_section.timeout_ms),
+            synthesis_model: analyze_section
+                .synthesis
+                .model
+                .as_deref()
+                .and_then(|m| registry.lookup(m)),
+            synthesis_prompt: analyze_section.synthesis.prompt.clone(),
+        };
         let runtime = Runtime {
             mode: *mode,
             max_body_bytes: server.max_body_bytes,
@@ -113,6 +129,7 @@ impl Runtime {
             metrics_on_main: metrics.enabled && metrics.listen.is_none(),
             generation: 1,
             force_stream_usage: usage.force_stream_usage,
+            analyze,
             quotas,
             extra_paths: extra_paths(config),
             views: RwLock::new(HashMap::new()),

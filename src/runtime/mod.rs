@@ -44,8 +44,20 @@ pub struct Runtime {
     pub force_stream_usage: bool,
     /// `quotas`: the rules and the store they count in.
     pub quotas: crate::quota::Quotas,
+    /// `analyze`, resolved against the registry.
+    pub analyze: AnalyzeSettings,
     /// Model lists per role set: the caller sees only what it may use.
     views: RwLock<HashMap<Access, View>>,
+}
+
+/// `POST /api/analyze`'s settings.
+#[derive(Debug)]
+pub struct AnalyzeSettings {
+    pub default_models: Vec<ModelIdx>,
+    pub max_models: usize,
+    pub timeout: Duration,
+    pub synthesis_model: Option<ModelIdx>,
+    pub synthesis_prompt: String,
 }
 
 #[derive(Debug)]

@@ -25,6 +25,8 @@ const STRUCT_PATHS: &[(&str, &str)] = &[
     ("RedisSpec", "quotas.redis"),
     ("QuotaRule", "quotas.rules"),
     ("QuotaMatch", "quotas.rules[].match"),
+    ("AnalyzeSection", "analyze"),
+    ("SynthesisSpec", "analyze.synthesis"),
     ("ProviderSpec", "providers.<name>"),
     ("HealthCheckSpec", "providers.<name>.health_check"),
     ("BreakerSpec", "providers.<name>.breaker"),
@@ -45,7 +47,8 @@ fn schema_structs() -> Vec<(String, Vec<String>)> {
     let schema = read("src/config/schema.rs")
         + &read("src/config/auth.rs")
         + &read("src/config/observability.rs")
-        + &read("src/config/quotas.rs");
+        + &read("src/config/quotas.rs")
+        + &read("src/config/analyze.rs");
     let mut structs: Vec<(String, Vec<String>)> = Vec::new();
     // A `#[serde(... rename = "key")]` names the next field's key.
     let mut renamed: Option<String> = None;

@@ -222,7 +222,7 @@ fn destination(
 
 /// The mock target that would answer now, when a mock comes first among the targets that can
 /// take a request. Only a model with a mock target pays for the availability scan.
-fn mock_first_in_line<'m>(rt: &Runtime, model: &'m Model) -> Option<&'m Target> {
+pub fn mock_first_in_line<'m>(rt: &Runtime, model: &'m Model) -> Option<&'m Target> {
     let is_mock = |t: &Target| rt.provider(t.provider).kind == ProviderKind::Mock;
     if !model.targets.iter().any(is_mock) {
         return None;
