@@ -3,6 +3,7 @@
 
 mod common;
 
+mod analyze;
 mod audit;
 mod auth;
 mod authz;

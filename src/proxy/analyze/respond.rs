@@ -33,10 +33,7 @@ pub async fn answer(
         return stream(gw, session, ctx, caller, a, legs).await;
     }
     let mut results: Vec<Option<LegResult>> = vec![None; a.models.len()];
-    while let Some(done) = legs.join_next().await {
-        let Ok((i, r, reservation)) = done else {
-            continue;
-        };
+    while let Some((i, r, reservation)) = next_leg(session, ctx, &mut legs).await? {
         gw.account_leg(ctx, caller, Some(i), &r, reservation);
         results[i] = Some(r);
     }
@@ -90,10 +87,7 @@ async fn stream(
         .write_response_header(Box::new(header), false)
         .await?;
     let mut results: Vec<Option<LegResult>> = vec![None; a.models.len()];
-    while let Some(done) = legs.join_next().await {
-        let Ok((i, r, reservation)) = done else {
-            continue;
-        };
+    while let Some((i, r, reservation)) = next_leg(session, ctx, &mut legs).await? {
         gw.account_leg(ctx, caller, Some(i), &r, reservation);
         let mut event = r.view();
         event["type"] = json!("result");
@@ -131,6 +125,36 @@ async fn stream(
     ctx.bytes_out += end.len();
     session.write_response_body(Some(end), true).await?;
     Ok(true)
+}
+
+/// The next leg to finish (`None` once all have), watching the client meanwhile: a client that
+/// goes away ends the wait with an error, and the caller's dropping the set cancels the legs
+/// still running (their upstream connections close).
+async fn next_leg(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    legs: &mut Legs,
+) -> Result<Option<(usize, LegResult, Option<Reservation>)>> {
+    loop {
+        tokio::select! {
+            done = legs.join_next() => match done {
+                None => return Ok(None),
+                Some(Ok(leg)) => return Ok(Some(leg)),
+                // A leg's task panicked: its result is lost, the others go on.
+                Some(Err(_)) => continue,
+            },
+            read = session.read_body_or_idle(true) => {
+                if let Ok(Some(_)) = read {
+                    continue;
+                }
+                ctx.error_code = Some(super::super::CLIENT_CLOSED);
+                return pingora::Error::e_explain(
+                    pingora::ErrorType::ConnectionClosed,
+                    "the client left the analysis",
+                );
+            }
+        }
+    }
 }
 
 async fn send_event(session: &mut Session, ctx: &mut RequestCtx, event: &Value) -> Result<()> {
