@@ -5,7 +5,7 @@ Usage: python sdk_check.py PATH_TO_ULTRA_GATEWAY_BINARY CONFIG
 Starts the gateway on 127.0.0.1:0 with CONFIG (development mode, mock providers), reads the
 bound address from its start-up line, then uses the SDK with only base_url and api_key set:
 a plain and a streamed chat completion, the model list, an embedding (the SDK asks for base64
-by default), an unknown model (the SDK must raise NotFoundError with our error code) and a bad
+by default), `/api/analyze` through the SDK's generic `client.post`, an unknown model (the SDK must raise NotFoundError with our error code) and a bad
 token (AuthenticationError). The api_key is a test token minted by `ultra-gateway token`.
 """
 
@@ -96,6 +96,18 @@ def main():
             assert e.body["code"] == "model_not_found", e.body
             assert "gpt-4o-mini" in e.body["message"], e.body
             print(f"unknown model: {e.status_code} {e.body['code']}")
+
+        # The gateway's own endpoint through the SDK's generic POST (an absolute URL).
+        analysis = client.post(
+            f"http://{addr}/api/analyze",
+            body={"prompt": "Compare us", "models": ["gpt-4o-mini", "gpt-4o"]},
+            cast_to=object,
+        )
+        assert analysis["object"] == "analysis", analysis
+        assert analysis["status"] == "complete", analysis
+        assert [r["model"] for r in analysis["results"]] == ["gpt-4o-mini", "gpt-4o"], analysis
+        assert analysis["usage"]["total_tokens"] > 0, analysis
+        print(f"analyze: {analysis['status']}, {len(analysis['results'])} results")
 
         try:
             OpenAI(base_url=f"http://{addr}/v1", api_key="not-a-token").models.list()
