@@ -43,6 +43,10 @@ pub struct RequestCtx {
     pub(super) plan: Option<Plan>,
     /// Our `upstream_response_filter` asked Pingora to retry (a status, not an I/O error).
     pub(super) retry_requested: bool,
+    /// The current attempt's outcome is in the metrics already (Pingora reports an attempt
+    /// our response filter ended, or a response that broke after its header, once more as an
+    /// error).
+    pub(super) attempt_counted: bool,
     /// Who served the last attempt, for headers and logs.
     pub(super) last_provider: Option<Arc<str>>,
     pub(super) last_backend: Option<SocketAddr>,
@@ -98,6 +102,7 @@ impl RequestCtx {
             usage_requested: false,
             plan: None,
             retry_requested: false,
+            attempt_counted: false,
             last_provider: None,
             last_backend: None,
             last_key_id: None,

@@ -165,6 +165,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        ctx.attempt_counted = false;
         upstream_flow::next_peer(ctx)
     }
 
@@ -280,7 +281,7 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let written = response_started(session);
         let e = upstream_flow::on_proxy_error(ctx, e, written, client_reused);
-        if ctx.attempts() > 0 {
+        if ctx.attempts() > 0 && !ctx.attempt_counted {
             self.count_attempt(ctx, "error", e.retry());
         }
         e
@@ -447,7 +448,8 @@ impl Gateway {
     }
 
     /// One upstream attempt's outcome, and a retry when another attempt follows it.
-    fn count_attempt(&self, ctx: &RequestCtx, outcome: &str, retried: bool) {
+    fn count_attempt(&self, ctx: &mut RequestCtx, outcome: &str, retried: bool) {
+        ctx.attempt_counted = true;
         let provider = ctx.provider_name().unwrap_or("unknown");
         self.metrics
             .attempts

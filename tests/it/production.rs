@@ -289,3 +289,107 @@ async fn test_mode_still_needs_credentials() {
         .unwrap();
     assert_eq!(r.status(), 403);
 }
+
+/// The plan's success criterion, as the README's production smoke test runs it by hand: a
+/// production gateway with real authentication (an RS256 key pair made here, and a service API
+/// key) in front of two OpenAI-kind providers on loopback, one slower: health, analyze and the
+/// model lists answer 200 with real credentials, 401 without, 403 with the wrong role.
+#[tokio::test]
+async fn production_smoke_test_health_analyze_and_models() {
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+    let public_pem = private
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    let private_pem = private.to_pkcs8_pem(LineEnding::LF).unwrap();
+    let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap();
+    let token = |sub: &str, roles: &[&str]| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims(sub, roles),
+            &encoding,
+        )
+        .unwrap()
+    };
+    let answer = |text: &'static str, delay_ms: u64| {
+        move |_: &Received| {
+            let mut body = upstream::chat_completion("m", text);
+            body["usage"] =
+                serde_json::json!({"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13});
+            Reply::Delayed(
+                std::time::Duration::from_millis(delay_ms),
+                Box::new(Reply::Json(200, body)),
+            )
+        }
+    };
+    let fast = MockUpstream::start(answer("fast", 50)).await;
+    let slow = MockUpstream::start(answer("slow", 300)).await;
+    let cfg = format!(
+        "mode: production
+server: {{ grace_period_seconds: 1 }}
+logging: {{ level: warn }}
+auth:
+  jwt: {{ algorithms: [RS256], public_keys: [smoke_public.pem], issuer: {ISSUER}, audience: {AUDIENCE} }}
+  api_keys: [{{ id: batch, sha256: '{}', roles: [analyst] }}]
+  roles:
+    analyst: {{ models: ['*'], endpoints: [analyze, models] }}
+    viewer: {{ models: ['*'], endpoints: [models] }}
+metrics: {{ listen: 127.0.0.1:{} }}
+providers:
+  fastp: {{ kind: openai, endpoints: [{}], keys: [{{ id: f, value: {UPSTREAM_KEY} }}] }}
+  slowp: {{ kind: openai, endpoints: [{}], keys: [{{ id: s, value: {UPSTREAM_KEY} }}] }}
+models:
+  - {{ id: gpt-4o-mini, targets: [{{ provider: fastp }}] }}
+  - {{ id: claude-3-5-haiku, targets: [{{ provider: slowp }}] }}
+analyze:
+  default_models: [gpt-4o-mini, claude-3-5-haiku]
+",
+        digest(USER_KEY),
+        free_port(),
+        fast.url(),
+        slow.url(),
+    );
+    let gw = TestGateway::start_with(&cfg, &[("smoke_public.pem", &public_pem)], &[]);
+    let analyst = token("alice", &["analyst"]);
+    let viewer = token("victor", &["viewer"]);
+
+    assert_eq!(gw.get("/health").await.status(), 200);
+    let analyze = |auth: Option<String>| {
+        let mut req = client()
+            .post(gw.url("/api/analyze"))
+            .json(&serde_json::json!({"prompt": "Is this gateway ready?"}));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let r = analyze(Some(format!("Bearer {analyst}"))).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "complete", "{v}");
+    assert_eq!(v["results"][0]["content"], "fast");
+    assert_eq!(v["results"][1]["content"], "slow");
+    assert_eq!(v["usage"]["total_tokens"], 26);
+    let r = analyze(Some(format!("Bearer {USER_KEY}"))).await;
+    assert_eq!(r.status(), 200, "the service API key");
+    assert_eq!(analyze(None).await.status(), 401);
+    assert_eq!(
+        analyze(Some(format!("Bearer {viewer}"))).await.status(),
+        403
+    );
+    for path in ["/v1/models", "/api/available-models"] {
+        assert_eq!(gw.get_as(path, &analyst).await.status(), 200, "{path}");
+        assert_eq!(gw.get_as(path, &viewer).await.status(), 200, "{path}");
+        assert_eq!(gw.get(path).await.status(), 401, "{path}");
+    }
+    let no_models = token("nobody", &["unknown-role"]);
+    assert_eq!(gw.get_as("/v1/models", &no_models).await.status(), 403);
+    // The providers got the gateway's key, never the caller's credentials.
+    for r in fast.received().iter().chain(slow.received().iter()) {
+        assert_eq!(
+            r.header("authorization"),
+            Some(&*format!("Bearer {UPSTREAM_KEY}"))
+        );
+    }
+}
