@@ -69,6 +69,8 @@ pub struct Metrics {
     pub key_cooldowns: IntCounterVec,
     pub inflight: IntGauge,
     state_source: OnceLock<StateSource>,
+    /// One scrape at a time: the state metrics are reset and refilled for each.
+    scrape: parking_lot::Mutex<()>,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -300,6 +302,7 @@ impl Metrics {
             key_cooldowns,
             inflight,
             state_source: OnceLock::new(),
+            scrape: parking_lot::Mutex::new(()),
         }
     }
 
@@ -310,11 +313,15 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
-        if let Some(source) = self.state_source.get() {
-            source(self);
-        }
+        let families = {
+            let _one = self.scrape.lock();
+            if let Some(source) = self.state_source.get() {
+                source(self);
+            }
+            self.registry.gather()
+        };
         let mut out = Vec::with_capacity(8 * 1024);
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }
 }
