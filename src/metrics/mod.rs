@@ -73,6 +73,18 @@ pub struct Metrics {
     scrape: parking_lot::Mutex<()>,
 }
 
+/// A status's class label: `1xx` ... `5xx`, or `none` (no status: the client left first).
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
 }

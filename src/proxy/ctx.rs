@@ -160,6 +160,21 @@ impl RequestCtx {
     }
 }
 
+const ANTHROPIC_RATELIMIT: [&str; 12] = [
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-limit",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-reset",
+];
+
 /// OpenAI's rate-limit headers from the tightest quota rule. They replace the provider's, which
 /// describe the gateway's own key, not this caller.
 fn ratelimit_headers(h: &mut ResponseHeader, room: &Headroom) {
@@ -176,6 +191,12 @@ fn ratelimit_headers(h: &mut ResponseHeader, room: &Headroom) {
             "x-ratelimit-reset-tokens",
         ],
     ];
+    // Anthropic's own spelling describes the gateway's key as well: it goes.
+    for name in ANTHROPIC_RATELIMIT {
+        if h.headers.contains_key(name) {
+            h.remove_header(name);
+        }
+    }
     for ([limit, remaining, reset], head) in NAMES.into_iter().zip([room.requests, room.tokens]) {
         match head {
             Some(head) => {

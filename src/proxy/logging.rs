@@ -115,14 +115,7 @@ impl Gateway {
         let buf = itoa_status(status);
         let status_label = std::str::from_utf8(&buf).unwrap_or("0");
         let m = &self.metrics;
-        let class: &str = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "none",
-        };
+        let class = crate::metrics::status_class(status);
         let provider = if ctx.attempts() > 0 || ctx.response.usage.is_some() {
             ctx.provider_name().unwrap_or("none")
         } else {

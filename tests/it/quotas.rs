@@ -286,3 +286,36 @@ async fn the_usage_endpoint_shows_a_caller_its_own_and_an_admin_anyone() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_query");
 }
+
+#[tokio::test]
+async fn the_providers_own_rate_limit_headers_give_way_to_the_rules() {
+    let up = MockUpstream::start(|_| Reply::Raw {
+        status: 200,
+        headers: vec![
+            ("content-type", "application/json".into()),
+            ("x-ratelimit-remaining-requests", "4999".into()),
+            ("x-ratelimit-remaining-tokens", "150000".into()),
+            ("anthropic-ratelimit-requests-remaining", "49".into()),
+            ("anthropic-ratelimit-output-tokens-limit", "8000".into()),
+        ],
+        body: bytes::Bytes::from(upstream::chat_completion("m", "ok").to_string()),
+    })
+    .await;
+    // Without a rule the provider's headers pass through.
+    let gw = TestGateway::start(&config_for("openai", &up.url(), ""));
+    let r = gw.chat("gpt-4o-mini").await;
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("4999"));
+    drop(gw);
+    let rules = "quotas:\n  rules:\n    - { id: rpm, requests_per_minute: 50 }\n";
+    let gw = TestGateway::start(&config_for("openai", &up.url(), rules));
+    clear_of_minute_edge(secs(5)).await;
+    let r = gw.chat("gpt-4o-mini").await;
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("49"));
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-tokens"),
+        None,
+        "no token rule: theirs go"
+    );
+    assert_eq!(header(&r, "anthropic-ratelimit-requests-remaining"), None);
+    assert_eq!(header(&r, "anthropic-ratelimit-output-tokens-limit"), None);
+}

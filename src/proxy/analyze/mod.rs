@@ -175,12 +175,7 @@ impl Gateway {
         let m = &self.metrics;
         let provider = r.provider.as_deref().unwrap_or("none");
         let status = r.status.min(999).to_string();
-        let class = match r.status {
-            200..=299 => "2xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "none",
-        };
+        let class = crate::metrics::status_class(r.status);
         m.requests
             .with_label_values(&["analyze_leg", &r.model, provider, &status, class])
             .inc();

@@ -298,8 +298,12 @@ impl KeyRing {
     /// A provider response through key `index`: its status and the limits it reports.
     pub fn observe_response(&self, index: usize, status: u16, headers: &HeaderMap, day: u64) {
         let limits = super::quota::ProviderLimits::from_headers(headers);
-        self.observe(index, status);
         let mut st = self.slots[index].state.lock();
+        st.requests += 1;
+        st.last_status = Some(status);
+        if status != 429 {
+            st.refusals_in_a_row = 0;
+        }
         if limits.is_some() {
             st.limits = limits;
         }
