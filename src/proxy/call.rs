@@ -57,6 +57,19 @@ pub struct Answer {
     pub latency: Duration,
     /// Set when no provider answer is relayed: what a client would have got.
     pub error: Option<GatewayError>,
+    /// Each attempt's provider and outcome, as `ultra_upstream_attempts_total` labels them.
+    pub outcomes: Vec<(Arc<str>, &'static str)>,
+}
+
+/// An attempt's outcome label (`ultra_upstream_attempts_total`).
+pub fn outcome_of_status(status: u16) -> &'static str {
+    match status {
+        100..=399 => "2xx",
+        401 => "401",
+        429 => "429",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// How one attempt went.
@@ -88,6 +101,7 @@ pub async fn send(rt: &Runtime, connector: &Connector, mut call: Call<'_>) -> An
         ttfb: None,
         latency: Duration::ZERO,
         error: None,
+        outcomes: Vec::new(),
     };
     loop {
         let now = tokio::time::Instant::now();
@@ -105,6 +119,15 @@ pub async fn send(rt: &Runtime, connector: &Connector, mut call: Call<'_>) -> An
             .map(|(i, k)| (attempt.provider, *i, k.id.clone()));
         let body = (call.body_for)(&target);
         let tried = attempt_once(rt, connector, &call, &target, body).await;
+        let outcome = match &tried {
+            Tried::Answered { status, .. } => outcome_of_status(*status),
+            Tried::Next(_, Ending::Status(s), _) => outcome_of_status(*s),
+            Tried::Next(_, Ending::ConnectFailed, _) => "connect_error",
+            Tried::Next(..) | Tried::Failed(_) => "error",
+        };
+        answer
+            .outcomes
+            .push((target.provider_name.clone(), outcome));
         let plan = &mut call.plan;
         let now = tokio::time::Instant::now();
         match tried {

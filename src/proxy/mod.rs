@@ -221,14 +221,8 @@ impl ProxyHttp for Gateway {
         if let Some(t) = &ctx.timer {
             t.progress();
         }
-        let outcome = match resp.status.as_u16() {
-            100..=199 => None,
-            200..=399 => Some("2xx"),
-            401 => Some("401"),
-            429 => Some("429"),
-            400..=499 => Some("4xx"),
-            _ => Some("5xx"),
-        };
+        let outcome = (!resp.status.is_informational())
+            .then(|| call::outcome_of_status(resp.status.as_u16()));
         let result = upstream_flow::on_response(ctx, resp);
         if let Some(outcome) = outcome {
             self.count_attempt(ctx, outcome, result.is_err());

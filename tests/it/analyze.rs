@@ -137,6 +137,14 @@ async fn a_leg_falls_over_to_its_next_target_and_a_dead_leg_makes_it_partial() {
     assert_eq!(failed["error"]["code"], "bad_upstream_response");
     assert_eq!(failed["error"]["type"], "upstream_error");
     assert!(failed["usage"].is_null(), "a failed leg is charged nothing");
+    // The legs' attempts are in the metrics like any request's.
+    let m = gw.get("/metrics").await.text().await.unwrap();
+    assert!(
+        m.contains("ultra_upstream_attempts_total{outcome=\"connect_error\",provider=\"dead\"}"),
+        "{m}"
+    );
+    assert!(m.contains("ultra_upstream_attempts_total{outcome=\"2xx\",provider=\"fastp\"} 1"));
+    assert!(m.contains("ultra_retries_total{reason=\"connect_error\"}"));
     // Every leg failing: 502 with the same body.
     let r = analyze(
         &gw,

@@ -42,6 +42,10 @@ pub struct LegResult {
     pub attempts: u32,
     /// The OpenAI-shaped error of a failed leg.
     pub error: Option<Value>,
+    /// Each upstream attempt's provider and outcome; the answering attempt's time to its
+    /// first byte.
+    pub outcomes: Vec<(Arc<str>, &'static str)>,
+    pub ttfb: Option<Duration>,
     pub error_code: Option<String>,
 }
 
@@ -113,6 +117,7 @@ pub async fn run(leg: Leg<'_>) -> LegResult {
                 ttfb: None,
                 latency: started.elapsed(),
                 error: Some(e),
+                outcomes: Vec::new(),
             }
         }
     };
@@ -195,6 +200,7 @@ async fn mock_answer(rt: &Runtime, t: &Target, body: Bytes, request_id: &str) ->
         ttfb: Some(started.elapsed()),
         latency: started.elapsed(),
         error: None,
+        outcomes: Vec::new(),
     }
 }
 
@@ -216,6 +222,8 @@ fn result(rt: &Runtime, idx: ModelIdx, sent: &Bytes, a: Answer, latency: Duratio
         attempts: a.attempts,
         error: None,
         error_code: None,
+        outcomes: a.outcomes.clone(),
+        ttfb: a.ttfb.filter(|_| a.error.is_none() && a.attempts > 0),
     };
     if let Some(e) = &a.error {
         r.error = serde_json::from_slice::<Value>(&e.body())

@@ -179,6 +179,16 @@ impl Gateway {
         m.requests
             .with_label_values(&["analyze_leg", &r.model, provider, &status, class])
             .inc();
+        let last = r.outcomes.len().saturating_sub(1);
+        for (n, (p, outcome)) in r.outcomes.iter().enumerate() {
+            m.attempts.with_label_values(&[&**p, *outcome]).inc();
+            if n < last {
+                m.retries.with_label_values(&[outcome]).inc();
+            }
+        }
+        if let (Some(t), Some(p)) = (r.ttfb, r.provider.as_deref()) {
+            m.ttfb.with_label_values(&[p]).observe(t.as_secs_f64());
+        }
         if let Some(t) = r.tokens {
             for (kind, n) in [
                 ("input", t.input),

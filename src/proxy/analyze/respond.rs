@@ -249,6 +249,8 @@ fn refused(
         micro_usd: None,
         latency: std::time::Duration::ZERO,
         attempts: 0,
+        outcomes: Vec::new(),
+        ttfb: None,
         error: serde_json::from_slice::<Value>(&e.body())
             .ok()
             .map(|v| v["error"].clone()),
