@@ -39,14 +39,12 @@ pub async fn answer(
     }
     let results: Vec<LegResult> = results.into_iter().flatten().collect();
     let synthesis = synthesize(gw, ctx, caller, a, &results).await;
-    let ok = results.iter().filter(|r| r.ok()).count();
-    let complete = ok == results.len() && synthesis.as_ref().is_none_or(|s| s.ok());
-    let (usage, cost_usd) = totals(results.iter().chain(synthesis.iter()));
+    let (outcome, usage, cost_usd) = summary(&results, synthesis.as_ref());
     let mut body = json!({
         "id": analysis_id(&ctx.request_id),
         "object": "analysis",
         "created": crate::time::unix_now(),
-        "status": if complete { "complete" } else { "partial" },
+        "status": outcome,
         "results": results.iter().map(LegResult::view).collect::<Vec<_>>(),
         "usage": usage,
         "cost_usd": cost_usd,
@@ -54,12 +52,13 @@ pub async fn answer(
     if let Some(s) = &synthesis {
         body["synthesis"] = s.view();
     }
-    // Every leg failed: the same body, as a gateway error would be.
-    let status = if ok == 0 { 502 } else { 200 };
-    if ok == 0 {
-        body["status"] = json!("failed");
+    // Every leg failed: the same body, with the status of a gateway error.
+    let status = if outcome == "failed" {
         ctx.error_code = Some("analysis_failed");
-    }
+        502
+    } else {
+        200
+    };
     let bytes = Bytes::from(serde_json::to_vec(&body).expect("JSON value serializes"));
     let mut header = json_header(status, &ctx.request_id, bytes.len());
     header.insert_header("cache-control", "no-store")?;
@@ -105,14 +104,7 @@ async fn stream(
         event["type"] = json!("synthesis");
         send_event(session, ctx, &event).await?;
     }
-    let ok = results.iter().filter(|r| r.ok()).count();
-    let complete = ok == results.len() && synthesis.as_ref().is_none_or(|s| s.ok());
-    let (usage, cost_usd) = totals(results.iter().chain(synthesis.iter()));
-    let status = match (ok, complete) {
-        (0, _) => "failed",
-        (_, true) => "complete",
-        _ => "partial",
-    };
+    let (status, usage, cost_usd) = summary(&results, synthesis.as_ref());
     let done = json!({
         "type": "done",
         "id": analysis_id(&ctx.request_id),
@@ -155,6 +147,21 @@ async fn next_leg(
             }
         }
     }
+}
+
+/// The analysis's status (`complete`: every leg and the synthesis succeeded; `failed`: no leg
+/// did; `partial` otherwise), its usage and its cost.
+fn summary(results: &[LegResult], synthesis: Option<&LegResult>) -> (&'static str, Value, f64) {
+    let ok = results.iter().filter(|r| r.ok()).count();
+    let status = if ok == 0 {
+        "failed"
+    } else if ok == results.len() && synthesis.is_none_or(LegResult::ok) {
+        "complete"
+    } else {
+        "partial"
+    };
+    let (usage, cost_usd) = totals(results.iter().chain(synthesis));
+    (status, usage, cost_usd)
 }
 
 async fn send_event(session: &mut Session, ctx: &mut RequestCtx, event: &Value) -> Result<()> {
