@@ -370,3 +370,26 @@ async fn a_client_that_leaves_a_stream_cancels_the_legs_still_running() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_model_is_allowed_only_by_a_role_that_also_grants_analyze() {
+    let fast = provider("fast answer", Duration::ZERO).await;
+    let slow = provider("slow answer", Duration::ZERO).await;
+    // `analyzer` grants the endpoint for `fast` only; `chatter` lists `slow` but not analyze.
+    let cfg = config(&fast.url(), &slow.url(), "").replace(
+        "    limited: { models: [fast], endpoints: [analyze] }",
+        "    limited: { models: [fast], endpoints: [analyze] }\n    chatter: { models: [slow], endpoints: [chat] }",
+    );
+    let gw = TestGateway::start(&cfg);
+    let both = hs_token("mix", &["limited", "chatter"]);
+    let r = analyze(
+        &gw,
+        &both,
+        json!({"prompt": "hi", "models": ["fast", "slow"]}),
+    )
+    .await;
+    assert_eq!(r.status(), 403, "roles are not combined across endpoints");
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("`slow`"));
+    assert!(slow.received().is_empty());
+}

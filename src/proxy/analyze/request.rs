@@ -2,6 +2,7 @@
 //! caller, before anything is called.
 
 use crate::auth::rbac::Access;
+use crate::endpoints::EndpointGroup;
 use crate::proxy::errors::GatewayError;
 use crate::registry::ModelIdx;
 use crate::runtime::Runtime;
@@ -118,7 +119,7 @@ pub fn prepare(rt: &Runtime, access: Access, body: &[u8]) -> Result<Analysis, Ga
         None => rt
             .analyze
             .synthesis_model
-            .filter(|i| rt.auth.rbac.allows_model(access, *i)),
+            .filter(|i| rt.auth.rbac.allows(access, &EndpointGroup::Analyze, *i)),
     };
     let timeout = match b.timeout_ms {
         Some(0) => return Err(bad("`timeout_ms` must be at least 1")),
@@ -173,7 +174,7 @@ fn resolve(rt: &Runtime, access: Access, names: &[String]) -> Result<Vec<ModelId
     }
     let refused: Vec<String> = found
         .iter()
-        .filter(|i| !rt.auth.rbac.allows_model(access, **i))
+        .filter(|i| !rt.auth.rbac.allows(access, &EndpointGroup::Analyze, **i))
         .map(|i| rt.registry.get(*i).id.to_string())
         .collect();
     if !refused.is_empty() {
