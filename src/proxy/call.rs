@@ -35,6 +35,9 @@ pub struct Call<'a> {
     pub request_id: &'a str,
     /// Largest answer body read.
     pub max_body: usize,
+    /// When the whole call must be over (each attempt's `total` is cut to it): what was tried
+    /// by then is still reported.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// What came back.
@@ -83,8 +86,11 @@ enum Tried {
     },
     /// Move on as the verdict says (with the provider's header for a status).
     Next(Verdict, Ending, Option<http::HeaderMap>),
-    /// Give up with this error.
+    /// The attempt failed before its answer began: blamed on the backend, and the plan goes on.
     Failed(GatewayError),
+    /// The answer began and then broke (too large, cut, stalled): as for a proxied response
+    /// once it began, nothing is tried again (the provider has done, and billed, the work).
+    Broken(GatewayError),
 }
 
 /// Sends `call`, trying targets, backends and keys as a proxied request would.
@@ -105,6 +111,19 @@ pub async fn send(rt: &Runtime, connector: &Connector, mut call: Call<'_>) -> An
     };
     loop {
         let now = tokio::time::Instant::now();
+        if call.deadline.is_some_and(|d| now >= d) {
+            let provider = call
+                .plan
+                .target()
+                .or(call.plan.targets.first())
+                .map_or_else(String::new, |t| t.provider_name.to_string());
+            call.plan.current = None;
+            return answer.failed(
+                GatewayError::UpstreamTimeout { provider },
+                &call.plan,
+                started,
+            );
+        }
         let (attempt, target) = match call.plan.current_or_next(rt, now) {
             Ok(chosen) => chosen,
             Err(e) => return answer.failed(e, &call.plan, started),
@@ -123,7 +142,7 @@ pub async fn send(rt: &Runtime, connector: &Connector, mut call: Call<'_>) -> An
             Tried::Answered { status, .. } => outcome_of_status(*status),
             Tried::Next(_, Ending::Status(s), _) => outcome_of_status(*s),
             Tried::Next(_, Ending::ConnectFailed, _) => "connect_error",
-            Tried::Next(..) | Tried::Failed(_) => "error",
+            Tried::Next(..) | Tried::Failed(_) | Tried::Broken(_) => "error",
         };
         answer
             .outcomes
@@ -140,6 +159,9 @@ pub async fn send(rt: &Runtime, connector: &Connector, mut call: Call<'_>) -> An
                 if let Some(a) = plan.current.take() {
                     if status < 500 {
                         a.backend.record_latency(a.started.elapsed());
+                    }
+                    if status >= 500 {
+                        a.backend.record_error(format!("status {status}"));
                     }
                     if let Some(t) = a.ticket {
                         if status >= 500 {
@@ -179,6 +201,15 @@ pub async fn send(rt: &Runtime, connector: &Connector, mut call: Call<'_>) -> An
                     let e = plan.last_error.clone().unwrap_or(GatewayError::Internal);
                     return answer.failed(e, plan, started);
                 }
+            }
+            Tried::Broken(e) => {
+                if let Some(a) = plan.current.take() {
+                    a.backend.record_error(e.code().to_string());
+                    if let Some(t) = a.ticket {
+                        t.failure(now);
+                    }
+                }
+                return answer.failed(e, plan, started);
             }
             Tried::Failed(e) => {
                 if let Some(a) = plan.current.as_ref() {
@@ -221,7 +252,10 @@ async fn attempt_once(
     let timeout_error = || GatewayError::UpstreamTimeout {
         provider: provider.name.to_string(),
     };
-    let total = tokio::time::Instant::now() + t.total;
+    let mut total = tokio::time::Instant::now() + t.total;
+    if let Some(d) = call.deadline {
+        total = total.min(d);
+    }
     let (mut session, reused) = match connector.get_http_session(&peer).await {
         Ok(s) => s,
         Err(_) => return Tried::Next(Verdict::OtherBackend, Ending::ConnectFailed, None),
@@ -259,8 +293,15 @@ async fn attempt_once(
         Ok(Err(e)) if e.etype() == &pingora::ErrorType::ReadTimedout => {
             return Tried::Failed(timeout_error())
         }
-        Ok(Err(_)) => {
-            let stale = reused;
+        Ok(Err(e)) => {
+            // A pooled connection the provider had closed: the same errors as the hooks count.
+            let stale = reused
+                && matches!(
+                    e.etype(),
+                    pingora::ErrorType::ConnectionClosed
+                        | pingora::ErrorType::WriteError
+                        | pingora::ErrorType::ReadError
+                );
             let ending = Ending::Failed { stale };
             return Tried::Next(
                 policy::after(ending, a.key.is_some(), || false),
@@ -304,7 +345,7 @@ async fn attempt_once(
             Ok(Ok(Ok(Some(mut chunk)))) => {
                 meter.chunk(&mut chunk, false);
                 if out.len() + chunk.len() > call.max_body {
-                    return Tried::Failed(GatewayError::BadUpstream {
+                    return Tried::Broken(GatewayError::BadUpstream {
                         provider: provider.name.to_string(),
                         detail: "its answer was too large",
                     });
@@ -313,12 +354,12 @@ async fn attempt_once(
             }
             Ok(Ok(Ok(None))) => break,
             Ok(Ok(Err(_))) => {
-                return Tried::Failed(GatewayError::BadUpstream {
+                return Tried::Broken(GatewayError::BadUpstream {
                     provider: provider.name.to_string(),
                     detail: "the connection failed or the response was malformed",
                 })
             }
-            Ok(Err(_)) | Err(_) => return Tried::Failed(timeout_error()),
+            Ok(Err(_)) | Err(_) => return Tried::Broken(timeout_error()),
         }
     }
     let mut end = Bytes::new();

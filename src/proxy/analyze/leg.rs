@@ -97,7 +97,11 @@ pub async fn run(leg: Leg<'_>) -> LegResult {
     let started = Instant::now();
     let rt = leg.rt;
     let model = rt.registry.get(leg.model);
-    let answer = match tokio::time::timeout(leg.timeout, answer(&leg)).await {
+    // The call itself keeps to the deadline (and reports what it tried); the outer timeout
+    // bounds the mock and anything else.
+    let deadline = tokio::time::Instant::now() + leg.timeout;
+    let grace = Duration::from_millis(100);
+    let answer = match tokio::time::timeout(leg.timeout + grace, answer(&leg, deadline)).await {
         Ok(a) => a,
         Err(_) => {
             let e = GatewayError::UpstreamTimeout {
@@ -125,7 +129,7 @@ pub async fn run(leg: Leg<'_>) -> LegResult {
 }
 
 /// The leg's answer: from the mock when it is first in line, else through the plan.
-async fn answer(leg: &Leg<'_>) -> Answer {
+async fn answer(leg: &Leg<'_>, deadline: tokio::time::Instant) -> Answer {
     let rt = leg.rt;
     let model = rt.registry.get(leg.model);
     let renamed = |t: &Target| {
@@ -152,6 +156,7 @@ async fn answer(leg: &Leg<'_>) -> Answer {
         body_for: &renamed,
         request_id: leg.request_id,
         max_body: rt.max_body_bytes as usize,
+        deadline: Some(deadline),
     };
     call::send(rt, leg.connector, call).await
 }

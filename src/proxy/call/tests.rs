@@ -59,9 +59,10 @@ async fn upstream(handler: Arc<Handler>) -> (SocketAddr, Arc<AtomicUsize>) {
                 let n = count.fetch_add(1, Ordering::SeqCst);
                 let (status, body, delay) = handler(n, &auth);
                 tokio::time::sleep(delay).await;
+                // TRUNCATED: a header promising more body than is sent before the close.
+                let declared = if body == TRUNCATED { 1000 } else { body.len() };
                 let resp = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\nconnection: close\r\n\r\n{body}"
                 );
                 let _ = sock.write_all(resp.as_bytes()).await;
             });
@@ -69,6 +70,8 @@ async fn upstream(handler: Arc<Handler>) -> (SocketAddr, Arc<AtomicUsize>) {
     });
     (addr, seen)
 }
+
+const TRUNCATED: &str = r#"{"choices":"#;
 
 const OK: &str = r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#;
 
@@ -97,6 +100,10 @@ models:
 }
 
 async fn send_m(rt: &Runtime) -> Answer {
+    send_m_by(rt, None).await
+}
+
+async fn send_m_by(rt: &Runtime, deadline: Option<tokio::time::Instant>) -> Answer {
     let m = rt.registry.get(rt.registry.lookup("m").unwrap());
     let now = tokio::time::Instant::now();
     let plan = Plan::new(rt, m.id.clone(), m.targets.clone(), Arc::from("alice"), now);
@@ -107,6 +114,7 @@ async fn send_m(rt: &Runtime) -> Answer {
         body_for: &body,
         request_id: "rid",
         max_body: 1 << 20,
+        deadline,
     };
     send(rt, &Connector::new(None), call).await
 }
@@ -210,4 +218,41 @@ async fn a_provider_too_slow_for_its_first_byte_times_out() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn an_answer_that_breaks_after_its_header_is_not_asked_again() {
+    let (a, seen_a) = upstream(always(200, TRUNCATED)).await;
+    let (b, seen_b) = upstream(always(200, OK)).await;
+    let rt = resolved_runtime(&config(a, b, "")).await;
+    let ans = send_m(&rt).await;
+    assert_eq!((ans.status, ans.attempts), (502, 1), "{ans:?}");
+    assert!(matches!(ans.error, Some(GatewayError::BadUpstream { .. })));
+    assert_eq!(seen_a.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        seen_b.load(Ordering::SeqCst),
+        0,
+        "the provider did the work once"
+    );
+}
+
+#[tokio::test]
+async fn the_call_keeps_to_its_deadline_and_says_what_it_tried() {
+    let slow: Arc<Handler> = Arc::new(|_, _| (200, OK, Duration::from_secs(2)));
+    let (a, _) = upstream(slow.clone()).await;
+    let (b, _) = upstream(slow).await;
+    // The providers' own first-byte timeout (300 ms for `a`) is longer than the deadline.
+    let rt = resolved_runtime(&config(a, b, "")).await;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(150);
+    let ans = send_m_by(&rt, Some(deadline)).await;
+    assert_eq!(ans.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(ans.attempts, 1);
+    assert_eq!(ans.outcomes.len(), 1);
+    assert_eq!(ans.provider.as_deref(), Some("a"));
 }
