@@ -111,7 +111,8 @@ impl Gateway {
         Ok(held)
     }
 
-    /// Starts every leg on its own task; dropping the set cancels the legs still running.
+    /// Starts every leg on its own task; dropping them cancels the legs still running (their
+    /// reservations then stay counted, as an abandoned stream's do).
     fn start_legs(
         &self,
         ctx: &RequestCtx,
@@ -119,15 +120,14 @@ impl Gateway {
         a: &Analysis,
         bodies: Vec<Bytes>,
         reservations: Vec<Option<Reservation>>,
-    ) -> tokio::task::JoinSet<(usize, LegResult, Option<Reservation>)> {
+    ) -> Running {
         let mut set = tokio::task::JoinSet::new();
-        for (i, ((model, body), reservation)) in
-            a.models.iter().zip(bodies).zip(reservations).enumerate()
-        {
+        let mut ids = std::collections::HashMap::new();
+        for (i, (model, body)) in a.models.iter().zip(bodies).enumerate() {
             let (rt, connector) = (ctx.rt.clone(), self.connector.clone());
             let (subject, request_id) = (caller.subject.clone(), ctx.request_id.clone());
             let (model, timeout) = (*model, a.timeout);
-            set.spawn(async move {
+            let task = set.spawn(async move {
                 let r = leg::run(Leg {
                     rt: &rt,
                     connector: &connector,
@@ -138,10 +138,16 @@ impl Gateway {
                     timeout,
                 })
                 .await;
-                (i, r, reservation)
+                (i, r)
             });
+            ids.insert(task.id(), i);
         }
-        set
+        Running {
+            set,
+            ids,
+            reservations,
+            models: a.models.clone(),
+        }
     }
 
     /// What a finished leg costs the caller and tells the operator: its quota settled with its
@@ -206,6 +212,37 @@ impl Gateway {
             m.cost_usd
                 .with_label_values(&[&r.model, provider])
                 .inc_by(crate::usage::cost::usd(micro));
+        }
+    }
+}
+
+/// The legs under way, and what each reserved (settled as each ends).
+pub struct Running {
+    set: tokio::task::JoinSet<(usize, LegResult)>,
+    ids: std::collections::HashMap<tokio::task::Id, usize>,
+    reservations: Vec<Option<Reservation>>,
+    models: Vec<ModelIdx>,
+}
+
+impl Running {
+    /// The next leg to end, with its reservation; a leg whose task failed ends with an internal
+    /// error (its reservation given back).
+    async fn next(&mut self, rt: &Runtime) -> Option<(usize, LegResult, Option<Reservation>)> {
+        loop {
+            let (i, r) = match self.set.join_next_with_id().await? {
+                Ok((_, (i, r))) => (i, r),
+                Err(e) => match self.ids.get(&e.id()) {
+                    Some(&i) => {
+                        tracing::error!(leg = i, error = %e, "an analyze leg failed inside the gateway");
+                        (
+                            i,
+                            respond::refused(rt, self.models[i], GatewayError::Internal),
+                        )
+                    }
+                    None => continue,
+                },
+            };
+            return Some((i, r, self.reservations.get_mut(i).and_then(Option::take)));
         }
     }
 }

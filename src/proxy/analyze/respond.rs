@@ -6,7 +6,7 @@ use super::request::Analysis;
 use super::{analysis_id, synthesis_leg, totals, Gateway};
 use crate::auth::Principal;
 use crate::proxy::ctx::RequestCtx;
-use crate::proxy::errors::json_header;
+use crate::proxy::errors::{json_header, GatewayError};
 use crate::quota::{Demand, Reservation, Verdict};
 use crate::time::now_rfc3339;
 use crate::usage::cost;
@@ -16,9 +16,8 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::task::JoinSet;
 
-type Legs = JoinSet<(usize, LegResult, Option<Reservation>)>;
+type Legs = super::Running;
 
 /// Waits for the legs (and the synthesis) and answers: JSON, or SSE when the request asked.
 pub async fn answer(
@@ -128,13 +127,9 @@ async fn next_leg(
     legs: &mut Legs,
 ) -> Result<Option<(usize, LegResult, Option<Reservation>)>> {
     loop {
+        let rt = ctx.rt.clone();
         tokio::select! {
-            done = legs.join_next() => match done {
-                None => return Ok(None),
-                Some(Ok(leg)) => return Ok(Some(leg)),
-                // A leg's task panicked: its result is lost, the others go on.
-                Some(Err(_)) => continue,
-            },
+            done = legs.next(&rt) => return Ok(done),
             read = session.read_body_or_idle(true) => {
                 if let Ok(Some(_)) = read {
                     continue;
@@ -203,24 +198,29 @@ async fn synthesize(
 ) -> Option<LegResult> {
     let rt = &ctx.rt;
     let (model, body) = synthesis_leg(rt, a, results)?;
+    // The answers together may be more than a client could send: refused as its body would be.
+    if body.len() as u64 > rt.max_body_bytes {
+        let limit = rt.max_body_bytes;
+        return Some(refused(rt, model, GatewayError::RequestTooLarge { limit }));
+    }
     let demand: Demand<'_> = super::leg_demand(rt, model, &body);
     let m = rt.registry.get(model);
     let reservation = match rt.quotas.reserve(caller, Some(model), &m.id, &demand).await {
         Verdict::Reserved(r, _) => Some(r),
-        Verdict::Free | Verdict::StoreDown(crate::config::OnStoreError::Allow) => None,
+        Verdict::Free => None,
         Verdict::Exceeded(e, _) => {
-            return Some(refused(
-                rt,
-                model,
-                crate::proxy::errors::GatewayError::QuotaExceeded(e),
-            ))
+            gw.metrics
+                .quota_rejections
+                .with_label_values(&[&*e.rule])
+                .inc();
+            return Some(refused(rt, model, GatewayError::QuotaExceeded(e)));
         }
-        Verdict::StoreDown(_) => {
-            return Some(refused(
-                rt,
-                model,
-                crate::proxy::errors::GatewayError::QuotaUnavailable,
-            ))
+        Verdict::StoreDown(on_error) => {
+            gw.metrics.quota_store_errors.inc();
+            if on_error == crate::config::OnStoreError::Deny {
+                return Some(refused(rt, model, GatewayError::QuotaUnavailable));
+            }
+            None
         }
     };
     let r = leg::run(Leg {
@@ -238,7 +238,7 @@ async fn synthesize(
 }
 
 /// A leg refused before it ran.
-fn refused(
+pub(super) fn refused(
     rt: &crate::runtime::Runtime,
     model: crate::registry::ModelIdx,
     e: crate::proxy::errors::GatewayError,
