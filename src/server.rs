@@ -15,7 +15,7 @@ use crate::upstream::manager::UpstreamManager;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
-use pingora::proxy::{http_proxy_service_with_name, HttpProxy};
+use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ListenFds, Server, ShutdownWatch};
 use pingora::services::background::background_service;
@@ -174,6 +174,7 @@ pub fn run(
     shutdown::supervise(server.watch_execution_phase(), drain.clone(), grace, hooks)
         .map_err(|e| format!("cannot start the shutdown supervisor: {e}"))?;
     let accept_watch = Arc::new(shutdown::AcceptWatch(drain.clone()));
+    let accept_drain = drain.clone();
     let gateway = Gateway::new(
         runtime.clone(),
         access_log,
@@ -182,7 +183,11 @@ pub fn run(
         Some(reloader.clone()),
         drain,
     );
-    let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "ultra-gateway");
+    let app = shutdown::LateCleanup {
+        app: Arc::new(http_proxy(&server.configuration, gateway)),
+        drain: accept_drain,
+    };
+    let mut proxy = ListeningService::new("ultra-gateway".to_string(), app);
     let bound_str = bound.to_string();
     proxy.add_tcp(&bound_str);
     proxy.set_connection_filter(accept_watch);
@@ -304,7 +309,7 @@ fn server_conf(config: &Config) -> ServerConf {
 /// clear error when the address is taken, and lets `--listen 127.0.0.1:0` report the port the
 /// kernel picked: Pingora would bind port 0 itself and never say which port it got.
 struct PreboundService {
-    inner: ListeningService<HttpProxy<Gateway>>,
+    inner: ListeningService<shutdown::LateCleanup<HttpProxy<Gateway>>>,
     addr: String,
     listener: Option<TcpListener>,
 }

@@ -94,6 +94,39 @@ impl pingora::listeners::ConnectionFilter for AcceptWatch {
     }
 }
 
+/// The proxy application, with a later clean-up. Pingora cleans an HTTP service up as soon as
+/// its listeners stop accepting, and the clean-up drops every connection still waiting for a
+/// request header: idle keep-alive ones, but also one accepted a moment before whose request
+/// has not arrived yet, which its client sees as a connection closed without an answer (an
+/// upgrade under load lost requests this way). The clean-up waits until no connection accepted
+/// in the last `FIRST_HEADER_WAIT` may still send its request; requests that do arrive meanwhile
+/// are served.
+pub struct LateCleanup<A> {
+    pub app: Arc<A>,
+    pub drain: Arc<Drain>,
+}
+
+#[async_trait::async_trait]
+impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerApp
+    for LateCleanup<A>
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        session: pingora::protocols::Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        self.app.process_new(session, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        if let Some(t) = self.drain.last_accept() {
+            let due = t + FIRST_HEADER_WAIT;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+        }
+        self.app.cleanup().await;
+    }
+}
+
 /// One request in flight (see `Drain::enter`).
 pub struct InFlight(Arc<Drain>);
 
