@@ -91,7 +91,10 @@ async fn sighup_reloads_when_the_watch_is_off() {
 
 #[tokio::test]
 async fn the_admin_endpoint_reloads_and_says_what_changed() {
-    let gw = TestGateway::start_with(MAIN, &[("models.yaml", &models(&["m1", "m2"]))], &[]);
+    // The admin endpoint alone: the file watch could apply an edit first on a loaded machine.
+    let main = MAIN.replace("reload: { debounce_ms: 100 }", "reload: { watch: false }");
+    let main = main.as_str();
+    let gw = TestGateway::start_with(main, &[("models.yaml", &models(&["m1", "m2"]))], &[]);
     std::fs::write(gw.dir.path().join("models.yaml"), models(&["m1", "m3"])).unwrap();
     let (status, v) = gw.admin_reload().await;
     assert_eq!(status, 200, "{v}");
@@ -107,7 +110,7 @@ async fn the_admin_endpoint_reloads_and_says_what_changed() {
     // Restart-only settings are reported, the rest applies.
     gw.write(
         "ultra.yaml",
-        &format!("{MAIN}server: {{ threads: 7, max_body_bytes: 4096 }}\n"),
+        &format!("{main}server: {{ threads: 7, max_body_bytes: 4096 }}\n"),
     );
     let (status, v) = gw.admin_reload().await;
     assert_eq!(status, 200, "{v}");
@@ -127,12 +130,16 @@ async fn the_admin_endpoint_reloads_and_says_what_changed() {
 
 #[tokio::test]
 async fn broken_edits_are_refused_and_the_old_configuration_keeps_serving() {
-    let gw = TestGateway::start_with(MAIN, &[("models.yaml", &models(&["m1"]))], &[]);
+    // Through the admin endpoint only: with the file watch on, a broken file left in place a
+    // little longer on a loaded machine would be refused a second time by the watch.
+    let main = MAIN.replace("reload: { debounce_ms: 100 }", "reload: { watch: false }");
+    let main = main.as_str();
+    let gw = TestGateway::start_with(main, &[("models.yaml", &models(&["m1"]))], &[]);
     let cases: Vec<(&str, String, &str, &str)> = vec![
         ("ultra.yaml", "providers: [\n".into(), "ultra.yaml", ""),
         (
             "ultra.yaml",
-            format!("{MAIN}server: {{ nope: 1 }}\n"),
+            format!("{main}server: {{ nope: 1 }}\n"),
             "ultra.yaml",
             "server.nope",
         ),
@@ -144,7 +151,7 @@ async fn broken_edits_are_refused_and_the_old_configuration_keeps_serving() {
         ),
         (
             "ultra.yaml",
-            MAIN.replace(
+            main.replace(
                 "  local: { kind: mock }",
                 "  local: { kind: mock }\n  p: { kind: openai, endpoints: [\"http://127.0.0.1:9\"], keys: [{ id: k, file: missing.key }] }",
             ),
@@ -153,18 +160,18 @@ async fn broken_edits_are_refused_and_the_old_configuration_keeps_serving() {
         ),
         (
             "ultra.yaml",
-            format!("{MAIN}auth: {{ roles: {{ r: {{ models: ['*'], endpoints: [chatt] }} }} }}\n"),
+            format!("{main}auth: {{ roles: {{ r: {{ models: ['*'], endpoints: [chatt] }} }} }}\n"),
             "ultra.yaml",
             "auth.roles.r.endpoints[0]",
         ),
         (
             "ultra.yaml",
-            format!("mode: production\n{MAIN}"),
+            format!("mode: production\n{main}"),
             "ultra.yaml",
             "",
         ),
     ];
-    let good_main = MAIN.to_string();
+    let good_main = main.to_string();
     let good_models = models(&["m1"]);
     for (file, text, in_file, path) in cases {
         std::fs::write(gw.dir.path().join(file), &text).unwrap();
