@@ -71,6 +71,8 @@ pub struct Metrics {
     state_source: OnceLock<StateSource>,
     /// One scrape at a time: the state metrics are reset and refilled for each.
     scrape: parking_lot::Mutex<()>,
+    /// What the state counters last added up to (see `state::Counted`).
+    counted: parking_lot::Mutex<state::Counted>,
 }
 
 /// A status's class label: `1xx` ... `5xx`, or `none` (no status: the client left first).
@@ -315,6 +317,7 @@ impl Metrics {
             inflight,
             state_source: OnceLock::new(),
             scrape: parking_lot::Mutex::new(()),
+            counted: parking_lot::Mutex::new(state::Counted::default()),
         }
     }
 

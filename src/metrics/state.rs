@@ -16,10 +16,9 @@ pub fn refresh(m: &Metrics, rt: &Runtime, in_flight: usize) {
     m.inflight.set(in_flight as i64);
     m.backend_healthy.reset();
     m.breaker_state.reset();
-    m.breaker_transitions.reset();
     m.key_state.reset();
     m.ratelimit_remaining.reset();
-    m.key_cooldowns.reset();
+    let mut seen = m.counted.lock();
     for p in &rt.providers {
         let name = &*p.name;
         let mut transitions = [0u64; 3];
@@ -40,9 +39,10 @@ pub fn refresh(m: &Metrics, rt: &Runtime, in_flight: usize) {
         }
         if p.pool.is_some() {
             for (to, n) in TRANSITIONS.iter().zip(transitions) {
+                let add = seen.advance(["transitions", name, "", to], n);
                 m.breaker_transitions
                     .with_label_values(&[name, to])
-                    .inc_by(n);
+                    .inc_by(add);
             }
         }
         for k in p.keys.view(now) {
@@ -64,10 +64,51 @@ pub fn refresh(m: &Metrics, rt: &Runtime, in_flight: usize) {
                 }
             }
             for (reason, n) in COOLDOWN_REASONS.iter().zip(k.cooldowns) {
+                let add = seen.advance(["cooldowns", name, &k.id, reason], n);
                 m.key_cooldowns
                     .with_label_values(&[name, &k.id, reason])
-                    .inc_by(n);
+                    .inc_by(add);
             }
         }
+    }
+}
+
+/// The last totals a scrape saw, per counter and label set. The totals come from live state
+/// (breakers, key slots) that a reload may replace with fresh ones counting from zero; the
+/// exported counters only ever add what is new, so they never go down (Prometheus would read a
+/// decrease as a counter reset).
+#[derive(Debug, Default)]
+pub struct Counted {
+    last: std::collections::HashMap<[String; 4], u64>,
+}
+
+impl Counted {
+    /// What to add for a total of `now` under `key`: the increase since the last scrape, or the
+    /// whole of `now` when the source started again from zero.
+    pub fn advance(&mut self, key: [&str; 4], now: u64) -> u64 {
+        let key = key.map(str::to_string);
+        let last = self.last.insert(key, now).unwrap_or(0);
+        if now >= last {
+            now - last
+        } else {
+            now
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_only_add_what_is_new() {
+        let mut c = Counted::default();
+        assert_eq!(c.advance(["t", "p", "", "open"], 3), 3);
+        assert_eq!(c.advance(["t", "p", "", "open"], 5), 2);
+        assert_eq!(c.advance(["t", "p", "", "open"], 5), 0);
+        // A reload replaced the source: it counts from zero again.
+        assert_eq!(c.advance(["t", "p", "", "open"], 1), 1);
+        assert_eq!(c.advance(["t", "p", "", "open"], 4), 3);
+        assert_eq!(c.advance(["t", "q", "", "open"], 2), 2, "label sets apart");
     }
 }
