@@ -1,0 +1,111 @@
+//! Per-request cost of the hot path's steps, each at the sizes issue 11 names: model resolution
+//! with 10 / 1,000 / 10,000 models, the role check with 10 and 64 roles (the most a
+//! configuration may define), a breaker check, and the body's model probe and rewrite at 1 KiB / 64 KiB / 1 MiB. Run with
+//! `cargo bench --bench hot_path`. (Authentication is `--bench auth`; quotas and usage
+//! parsing `--bench quota`.)
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use ultra_gateway::auth::rbac::Access;
+use ultra_gateway::endpoints::EndpointGroup;
+use ultra_gateway::proxy::model_field::{probe, rewrite_model};
+use ultra_gateway::runtime::Runtime;
+use ultra_gateway::upstream::breaker::{Breaker, BreakerPolicy};
+
+/// A runtime with `models` models and `roles` roles (each role allowing a slice of the models
+/// by glob), one mock provider.
+fn runtime(models: usize, roles: usize) -> Runtime {
+    let mut y = String::from("auth:\n  test_tokens: true\n  roles:\n");
+    for r in 0..roles {
+        y.push_str(&format!(
+            "    r{r}: {{ models: ['m{r}-*', 'shared'], endpoints: [chat, models] }}\n"
+        ));
+    }
+    y.push_str("providers:\n  p: { kind: mock }\nmodels:\n  - { id: shared, targets: [{ provider: p }] }\n");
+    for m in 0..models {
+        y.push_str(&format!(
+            "  - {{ id: m{}-{m}, aliases: [alias-{m}], targets: [{{ provider: p }}] }}\n",
+            m % roles.max(1)
+        ));
+    }
+    let config =
+        ultra_gateway::config::load_str(&y, Path::new("b.yaml"), Path::new("."), &|_| None)
+            .expect("bench configuration loads");
+    Runtime::compile(&config, &Default::default())
+        .expect("bench configuration compiles")
+        .0
+}
+
+fn resolution(c: &mut Criterion) {
+    let mut g = c.benchmark_group("model_lookup");
+    for n in [10usize, 1_000, 10_000] {
+        let rt = runtime(n, 10);
+        let name = format!("alias-{}", n / 2);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| black_box(rt.registry.lookup(black_box(&name))))
+        });
+    }
+    g.finish();
+}
+
+fn role_check(c: &mut Criterion) {
+    let mut g = c.benchmark_group("role_check");
+    // Role sets are bit sets: 64 roles is the most a configuration may define (validation says
+    // so), so the largest case is 64, not 1,000; a caller holds a few of them.
+    for roles in [10usize, 64] {
+        let rt = runtime(2_000, roles);
+        let access = Access::of_roles(rt.auth.rbac.role_set(["r1", "r3"].into_iter()));
+        let idx = rt.registry.lookup("shared").unwrap();
+        g.bench_with_input(BenchmarkId::from_parameter(roles), &roles, |b, _| {
+            b.iter(|| black_box(rt.auth.rbac.allows(access, &EndpointGroup::Chat, idx)))
+        });
+    }
+    g.finish();
+}
+
+fn breaker(c: &mut Criterion) {
+    let policy =
+        BreakerPolicy::try_new(5, Duration::from_secs(10), Duration::from_secs(60)).unwrap();
+    let b = Arc::new(Breaker::new(policy));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    c.bench_function("breaker_admit_and_succeed", |bench| {
+        bench.iter(|| {
+            let (admission, ticket) = b.admit(tokio::time::Instant::now());
+            if let Some(t) = ticket {
+                t.success();
+            }
+            black_box(admission)
+        })
+    });
+}
+
+fn body(size: usize) -> Bytes {
+    let filler = "x".repeat(size.saturating_sub(120));
+    Bytes::from(format!(
+        r#"{{"model":"gpt-4o-mini","stream":true,"max_tokens":256,"messages":[{{"role":"user","content":"{filler}"}}]}}"#
+    ))
+}
+
+fn body_model(c: &mut Criterion) {
+    let mut g = c.benchmark_group("body_model");
+    for (label, size) in [("1KiB", 1 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
+        let b = body(size);
+        g.bench_with_input(BenchmarkId::new("probe", label), &b, |bench, b| {
+            bench.iter(|| black_box(probe(b).map(|p| p.stream)))
+        });
+        g.bench_with_input(BenchmarkId::new("rewrite", label), &b, |bench, b| {
+            bench.iter(|| black_box(rewrite_model(b, "gpt-4o-mini-2024-07-18")))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, resolution, role_check, breaker, body_model);
+criterion_main!(benches);
