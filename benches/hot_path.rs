@@ -57,7 +57,7 @@ fn role_check(c: &mut Criterion) {
     // so), so the largest case is 64, not 1,000; a caller holds a few of them.
     for roles in [10usize, 64] {
         let rt = runtime(2_000, roles);
-        let access = Access::of_roles(rt.auth.rbac.role_set(["r1", "r3"].into_iter()));
+        let access = Access::of_roles(rt.auth.rbac.role_set(["r1", "r3"]));
         let idx = rt.registry.lookup("shared").unwrap();
         g.bench_with_input(BenchmarkId::from_parameter(roles), &roles, |b, _| {
             b.iter(|| black_box(rt.auth.rbac.allows(access, &EndpointGroup::Chat, idx)))
