@@ -8,8 +8,11 @@
 //! over rounds; the table gives req/s, latency percentiles, CPU per request (from /proc) and
 //! RSS, each as a ratio to bare Pingora, and a JSON summary goes to `target/load-summary.json`.
 //!
+//! Then an open loop: requests at 2,000 req/s, each timed from when it was due, against each
+//! target and the upstream itself, for the latency each adds.
+//!
 //! `--quick` runs short rounds. Needs `target/release/ultra-gateway` (`cargo build --release`).
-//! Still to come (issue 11): the open-loop generator and the streamed runs.
+//! Still to come (issue 11): the streamed runs.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -50,6 +53,102 @@ fn main() {
         }
     }
     report(&targets, &results, conns);
+    open_loop_report(&targets, upstream, if quick { 2 } else { 5 });
+}
+
+/// Open loop: requests at a fixed rate, each timed from when it was due (so a slow response
+/// delays no later measurement), against each target and the upstream directly; the added
+/// latency is a target's percentile minus the upstream's.
+const OPEN_RATE: f64 = 2000.0;
+const OPEN_CONNS: usize = 64;
+
+fn open_loop_report(targets: &[Target], upstream: SocketAddr, secs: u64) {
+    let direct = Target {
+        name: "upstream",
+        addr: upstream,
+        pid: std::process::id(),
+        auth: None,
+        _child: None,
+    };
+    let base = open_loop(&direct, Duration::from_secs(secs));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("\nopen loop, {OPEN_RATE} req/s over {OPEN_CONNS} connections; added = minus the upstream's own");
+    println!(
+        "{:<14} {:>9} {:>9} {:>10} {:>12} {:>12} {:>8}",
+        "target", "p50 ms", "p99 ms", "p99.9 ms", "added p50", "added p99", "errors"
+    );
+    println!(
+        "{:<14} {:>9.3} {:>9.3} {:>10.3} {:>12} {:>12} {:>8}",
+        "upstream",
+        ms(base.pct(0.5)),
+        ms(base.pct(0.99)),
+        ms(base.pct(0.999)),
+        "-",
+        "-",
+        base.errors
+    );
+    for t in targets {
+        let r = open_loop(t, Duration::from_secs(secs));
+        println!(
+            "{:<14} {:>9.3} {:>9.3} {:>10.3} {:>12.3} {:>12.3} {:>8}",
+            t.name,
+            ms(r.pct(0.5)),
+            ms(r.pct(0.99)),
+            ms(r.pct(0.999)),
+            ms(r.pct(0.5)) - ms(base.pct(0.5)),
+            ms(r.pct(0.99)) - ms(base.pct(0.99)),
+            r.errors
+        );
+    }
+}
+
+fn open_loop(t: &Target, length: Duration) -> Run {
+    let request = request_bytes(t);
+    let start = Instant::now() + Duration::from_millis(100);
+    let total = (OPEN_RATE * length.as_secs_f64()) as usize;
+    let handles: Vec<_> = (0..OPEN_CONNS)
+        .map(|c| {
+            let (request, addr) = (request.clone(), t.addr);
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut errors = 0;
+                let Ok(mut s) = TcpStream::connect(addr) else {
+                    return (lat, 1);
+                };
+                let _ = s.set_nodelay(true);
+                let mut buf = Vec::with_capacity(8192);
+                // This connection's requests: every OPEN_CONNS-th of the schedule.
+                for k in (c..total).step_by(OPEN_CONNS) {
+                    let due = start + Duration::from_secs_f64(k as f64 / OPEN_RATE);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    if s.write_all(&request).is_err() || read_message(&mut s, &mut buf).is_none() {
+                        errors += 1;
+                        break;
+                    }
+                    lat.push(due.elapsed());
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        let (l, e) = h.join().unwrap();
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort_unstable();
+    Run {
+        requests: latencies.len(),
+        errors,
+        elapsed: length,
+        latencies,
+        cpu: Duration::ZERO,
+        rss_kib: 0,
+    }
 }
 
 /// A target under test.
@@ -341,19 +440,22 @@ fn cpu_with_children(pid: u32) -> Duration {
 
 /// `conns` connections each sending the next request as soon as the last is answered, for
 /// `length`.
+/// The request a target gets (with its credentials).
+fn request_bytes(t: &Target) -> Arc<Vec<u8>> {
+    let mut r = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        BODY.len()
+    );
+    if let Some(a) = &t.auth {
+        r.push_str(&format!("authorization: {a}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.push_str(BODY);
+    Arc::new(r.into_bytes())
+}
+
 fn closed_loop(t: &Target, conns: usize, length: Duration) -> Run {
-    let request = {
-        let mut r = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-            BODY.len()
-        );
-        if let Some(a) = &t.auth {
-            r.push_str(&format!("authorization: {a}\r\n"));
-        }
-        r.push_str("\r\n");
-        r.push_str(BODY);
-        Arc::new(r.into_bytes())
-    };
+    let request = request_bytes(t);
     // Warm up: connections made and pools filled.
     run_clients(
         t.addr,
