@@ -11,7 +11,8 @@
 //! Then an open loop: requests at 2,000 req/s, each timed from when it was due, against each
 //! target and the upstream itself, for the latency each adds.
 //!
-//! `--quick` runs short rounds. Needs `target/release/ultra-gateway` (`cargo build --release`).
+//! `--quick` runs short rounds. Needs `target/release/ultra-gateway` (`cargo build --release`),
+//! or the binary `ULTRA_GATEWAY_BIN` names.
 //! Still to come (issue 11): the streamed runs.
 
 use std::io::{Read, Write};
@@ -204,7 +205,11 @@ impl Target {
     }
 
     fn gateway(upstream: SocketAddr) -> Target {
-        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/ultra-gateway");
+        // ULTRA_GATEWAY_BIN compares another build (an older commit's, say) on the same load.
+        let bin = std::env::var_os("ULTRA_GATEWAY_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/ultra-gateway"),
+            PathBuf::from,
+        );
         assert!(
             bin.exists(),
             "build the gateway first: cargo build --release"

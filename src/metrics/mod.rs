@@ -321,6 +321,32 @@ impl Metrics {
         }
     }
 
+    /// Tokens and dollars a served request (or analyze leg) was charged.
+    pub fn record_charge(
+        &self,
+        model: &str,
+        provider: &str,
+        tokens: &crate::usage::Tokens,
+        micro_usd: Option<u64>,
+    ) {
+        for (kind, n) in [
+            ("input", tokens.input),
+            ("output", tokens.output),
+            ("cached", tokens.cached_input),
+        ] {
+            if n > 0 {
+                self.tokens
+                    .with_label_values(&[model, provider, kind])
+                    .inc_by(n);
+            }
+        }
+        if let Some(micro) = micro_usd.filter(|m| *m > 0) {
+            self.cost_usd
+                .with_label_values(&[model, provider])
+                .inc_by(crate::usage::cost::usd(micro));
+        }
+    }
+
     /// Where the state metrics come from (the serving runtime); set once at start.
     pub fn set_state_source(&self, source: StateSource) {
         let _ = self.state_source.set(source);

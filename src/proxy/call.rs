@@ -318,8 +318,7 @@ async fn attempt_once(
     let status = resp.status.as_u16();
     let headers = resp.headers.clone();
     if let Some((i, _)) = &a.key {
-        let day = crate::quota::window::today();
-        provider.keys.observe_response(*i, status, &headers, day);
+        provider.keys.observe_response(*i, status, &headers);
     }
     let now = tokio::time::Instant::now();
     let verdict = policy::after(Ending::Status(status), a.key.is_some(), || {

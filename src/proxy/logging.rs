@@ -76,33 +76,15 @@ impl Gateway {
 
     fn record_usage(&self, ctx: &RequestCtx, c: &Charged) {
         if let Some((p, i)) = ctx.last_key {
-            let day = crate::quota::window::today();
-            ctx.rt.provider(p).keys.record_usage(
-                i,
-                c.tokens.total(),
-                c.micro_usd.unwrap_or(0),
-                day,
-            );
+            let spent = c.micro_usd.unwrap_or(0);
+            ctx.rt
+                .provider(p)
+                .keys
+                .record_usage(i, c.tokens.total(), spent);
         }
-        let model = model_label(ctx);
         let provider = ctx.provider_name().unwrap_or("unknown");
-        let m = &self.metrics;
-        for (kind, n) in [
-            ("input", c.tokens.input),
-            ("output", c.tokens.output),
-            ("cached", c.tokens.cached_input),
-        ] {
-            if n > 0 {
-                m.tokens
-                    .with_label_values(&[model, provider, kind])
-                    .inc_by(n);
-            }
-        }
-        if let Some(micro) = c.micro_usd.filter(|m| *m > 0) {
-            m.cost_usd
-                .with_label_values(&[model, provider])
-                .inc_by(cost::usd(micro));
-        }
+        self.metrics
+            .record_charge(model_label(ctx), provider, &c.tokens, c.micro_usd);
     }
 
     fn record_metrics(
@@ -198,11 +180,10 @@ pub(super) fn charge(ctx: &RequestCtx, bytes_in: u64) -> Option<Charged> {
 /// nothing), or records a served request that reserved nothing, for `/api/usage`.
 fn settle_quota(ctx: &mut RequestCtx, charged: Option<&Charged>) {
     let spent = charged.map(|c| (c.tokens.total(), c.micro_usd.unwrap_or(0)));
-    match (ctx.quota.take(), spent, &ctx.principal) {
-        (Some(r), spent, _) => r.settle(spent),
-        (None, Some((tokens, micro)), Some(p)) => ctx.rt.quotas.record_unreserved(p, tokens, micro),
-        (None, _, _) => {}
-    }
+    let reservation = ctx.quota.take();
+    ctx.rt
+        .quotas
+        .close(reservation, ctx.principal.as_ref(), spent);
 }
 
 /// The model label of metrics: a configured model's id (never a name a client made up).

@@ -133,10 +133,7 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
     let key = a.key.clone();
     let (backend, started) = (a.backend.clone(), a.started);
     if let Some((i, _)) = &key {
-        let day = crate::quota::window::today();
-        provider
-            .keys
-            .observe_response(*i, status, &resp.headers, day);
+        provider.keys.observe_response(*i, status, &resp.headers);
     }
     let verdict = policy::after(Ending::Status(status), key.is_some(), || {
         plan.could_continue(&rt, now)

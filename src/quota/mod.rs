@@ -72,16 +72,6 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
-    /// The configuration key.
-    pub fn key(self) -> &'static str {
-        match self {
-            LimitKind::RequestsPerMinute => "requests_per_minute",
-            LimitKind::TokensPerMinute => "tokens_per_minute",
-            LimitKind::TokensPerDay => "tokens_per_day",
-            LimitKind::CostPerDay => "cost_usd_per_day",
-        }
-    }
-
     /// A limit's value in words, e.g. `60 requests per minute`, `$20.00 per day`.
     pub fn describe(self, value: u64) -> String {
         match self {
@@ -524,9 +514,25 @@ impl Quotas {
         }
     }
 
+    /// A request (or analyze leg) is over: its reservation replaced by what it `spent` (tokens,
+    /// micro-dollars; `None`: nothing, and the reservation is given back), or, when it reserved
+    /// nothing, its spending recorded for `/api/usage`.
+    pub fn close(
+        &self,
+        reservation: Option<Reservation>,
+        caller: Option<&Principal>,
+        spent: Option<(u64, u64)>,
+    ) {
+        match (reservation, spent, caller) {
+            (Some(r), spent, _) => r.settle(spent),
+            (None, Some((tokens, micro)), Some(p)) => self.record_unreserved(p, tokens, micro),
+            (None, _, _) => {}
+        }
+    }
+
     /// Records a served request of `p` that reserved nothing (no rule applied, or the store
     /// was down), for `/api/usage`.
-    pub fn record_unreserved(&self, p: &Principal, tokens: u64, micro_usd: u64) {
+    fn record_unreserved(&self, p: &Principal, tokens: u64, micro_usd: u64) {
         let w = Windows::at(window::now_ms());
         self.store
             .settle(Vec::new(), w, Some((tokens, micro_usd)), Scope::of(p));

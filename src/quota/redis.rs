@@ -132,11 +132,6 @@ impl RedisStore {
         })
     }
 
-    /// Whether the last call failed (and no call has succeeded since).
-    pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
-    }
-
     async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
         let c = self
             .conn

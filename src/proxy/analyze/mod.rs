@@ -161,17 +161,9 @@ impl Gateway {
         reservation: Option<Reservation>,
     ) {
         let spent = r.tokens.map(|t| (t.total(), r.micro_usd.unwrap_or(0)));
-        match (reservation, spent) {
-            (Some(res), spent) => res.settle(spent),
-            (None, Some((tokens, micro))) => ctx.rt.quotas.record_unreserved(caller, tokens, micro),
-            (None, None) => {}
-        }
+        ctx.rt.quotas.close(reservation, Some(caller), spent);
         if let (Some((p, i, _)), Some((tokens, micro))) = (&r.key, spent) {
-            let day = crate::quota::window::today();
-            ctx.rt
-                .provider(*p)
-                .keys
-                .record_usage(*i, tokens, micro, day);
+            ctx.rt.provider(*p).keys.record_usage(*i, tokens, micro);
         }
         self.leg_metrics(r);
         respond::log_leg(self, ctx, caller, index, r);
@@ -195,23 +187,8 @@ impl Gateway {
         if let (Some(t), Some(p)) = (r.ttfb, r.provider.as_deref()) {
             m.ttfb.with_label_values(&[p]).observe(t.as_secs_f64());
         }
-        if let Some(t) = r.tokens {
-            for (kind, n) in [
-                ("input", t.input),
-                ("output", t.output),
-                ("cached", t.cached_input),
-            ] {
-                if n > 0 {
-                    m.tokens
-                        .with_label_values(&[&r.model, provider, kind])
-                        .inc_by(n);
-                }
-            }
-        }
-        if let Some(micro) = r.micro_usd.filter(|m| *m > 0) {
-            m.cost_usd
-                .with_label_values(&[&r.model, provider])
-                .inc_by(crate::usage::cost::usd(micro));
+        if let Some(t) = &r.tokens {
+            m.record_charge(&r.model, provider, t, r.micro_usd);
         }
     }
 }

@@ -296,7 +296,8 @@ impl KeyRing {
     }
 
     /// A provider response through key `index`: its status and the limits it reports.
-    pub fn observe_response(&self, index: usize, status: u16, headers: &HeaderMap, day: u64) {
+    pub fn observe_response(&self, index: usize, status: u16, headers: &HeaderMap) {
+        let day = crate::quota::window::today();
         let limits = super::quota::ProviderLimits::from_headers(headers);
         let mut st = self.slots[index].state.lock();
         st.requests += 1;
@@ -312,7 +313,8 @@ impl KeyRing {
     }
 
     /// Tokens and cost a request served through key `index` was charged.
-    pub fn record_usage(&self, index: usize, tokens: u64, micro_usd: u64, day: u64) {
+    pub fn record_usage(&self, index: usize, tokens: u64, micro_usd: u64) {
+        let day = crate::quota::window::today();
         let Some(slot) = self.slots.get(index) else {
             return;
         };
