@@ -1,0 +1,270 @@
+//! The proxies under test, each a child process: bare Pingora (this bench binary re-run with
+//! `--bare-pingora`), the release gateway (or each build `ULTRA_GATEWAY_BIN` lists), nginx.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Target {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Whose CPU and memory are counted (with its children: nginx's workers).
+    pub pid: u32,
+    pub auth: Option<String>,
+    _child: Option<ChildGuard>,
+}
+
+/// Stops a child when the bench is done with it. nginx gets SIGTERM, which takes its workers
+/// down with it (SIGKILL would leave them running, holding the port).
+struct ChildGuard {
+    child: Child,
+    terminate: bool,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.terminate {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+        } else {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn guard(child: Child) -> Option<ChildGuard> {
+    Some(ChildGuard {
+        child,
+        terminate: false,
+    })
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn scratch_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ultra-load-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Target {
+    /// The upstream itself, for the latency the proxies add to it.
+    pub fn direct(addr: SocketAddr) -> Target {
+        Target {
+            name: "upstream".into(),
+            addr,
+            pid: std::process::id(),
+            auth: None,
+            _child: None,
+        }
+    }
+
+    pub fn bare(upstream: SocketAddr) -> Target {
+        let addr = free_addr();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--bare-pingora", &addr.to_string(), &upstream.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the bench binary re-run as a bare Pingora proxy");
+        wait_listening(addr);
+        Target {
+            name: "pingora".into(),
+            addr,
+            pid: child.id(),
+            auth: None,
+            _child: guard(child),
+        }
+    }
+
+    /// The release gateway, or one target per build in `ULTRA_GATEWAY_BIN` (comma-separated
+    /// paths: an older commit's build next to this one's, on the same load).
+    pub fn gateways(upstream: SocketAddr) -> Vec<Target> {
+        let bins: Vec<PathBuf> = match std::env::var("ULTRA_GATEWAY_BIN") {
+            Ok(list) => list.split(',').map(PathBuf::from).collect(),
+            Err(_) => {
+                vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/ultra-gateway")]
+            }
+        };
+        let named = bins.len() > 1;
+        bins.iter()
+            .enumerate()
+            .map(|(i, bin)| {
+                assert!(
+                    bin.exists(),
+                    "{}: build the gateway first: cargo build --release",
+                    bin.display()
+                );
+                let name = if named {
+                    let file = bin.file_name().unwrap().to_string_lossy();
+                    format!("gw:{}", file.chars().take(11).collect::<String>())
+                } else {
+                    "ultra-gateway".into()
+                };
+                Target::gateway(bin, name, upstream, i)
+            })
+            .collect()
+    }
+
+    fn gateway(bin: &PathBuf, name: String, upstream: SocketAddr, i: usize) -> Target {
+        let dir = scratch_dir(&format!("gw{i}"));
+        let cfg = dir.join("gw.yaml");
+        // Production-shaped: JWT auth and roles, access and audit logs to files, pricing (so
+        // usage is metered and costed), metrics; no health checks against the bench upstream.
+        std::fs::write(
+            &cfg,
+            format!(
+                "server: {{ threads: 2 }}
+logging: {{ level: warn, access_log: {access} }}
+audit: {{ path: {audit} }}
+reload: {{ watch: false }}
+auth:
+  jwt: {{ algorithms: [HS256], hmac_secret: load-bench-hmac-secret-0123456789abcdef }}
+  roles:
+    user: {{ models: ['*'], endpoints: [chat, models] }}
+providers:
+  up: {{ kind: openai, endpoints: ['http://{upstream}'], keys: [{{ id: k1, value: sk-load-0123456789 }}], health_check: {{ enabled: false }} }}
+models:
+  - {{ id: m, targets: [{{ provider: up }}], pricing: {{ input_per_million: 1.0, output_per_million: 2.0 }} }}
+",
+                access = dir.join("access.log").display(),
+                audit = dir.join("audit.log").display(),
+            ),
+        )
+        .unwrap();
+        let token = Command::new(bin)
+            .args(["token", "--sub", "bench", "--role", "user", "-c"])
+            .arg(&cfg)
+            .output()
+            .expect("mint a token");
+        let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+        let addr = free_addr();
+        let child = Command::new(bin)
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .args(["--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the gateway");
+        wait_listening(addr);
+        Target {
+            name,
+            addr,
+            pid: child.id(),
+            auth: Some(format!("Bearer {token}")),
+            _child: guard(child),
+        }
+    }
+
+    /// nginx as a plain reverse proxy (two workers, upstream keep-alive, no access log, no
+    /// response buffering, as in front of an event stream), when it is on the PATH.
+    pub fn nginx(upstream: SocketAddr) -> Option<Target> {
+        Command::new("nginx").arg("-v").output().ok()?;
+        let dir = scratch_dir("nginx");
+        let addr = free_addr();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 2;
+daemon off;
+pid {pid};
+error_log {dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {dir};
+  upstream up {{ server {upstream}; keepalive 64; }}
+  server {{
+    listen {addr};
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_buffering off;
+    }}
+  }}
+}}
+",
+                pid = dir.join("nginx.pid").display(),
+                dir = dir.display(),
+            ),
+        )
+        .ok()?;
+        let child = Command::new("nginx")
+            .args(["-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        wait_listening(addr);
+        Some(Target {
+            name: "nginx".into(),
+            addr,
+            pid: child.id(),
+            auth: None,
+            _child: Some(ChildGuard {
+                child,
+                terminate: true,
+            }),
+        })
+    }
+
+    /// CPU time (user + system) the target and its children have used.
+    pub fn cpu(&self) -> Duration {
+        cpu_of(self.pid) + children(self.pid).into_iter().map(cpu_of).sum::<Duration>()
+    }
+
+    /// Resident memory of the target and its children, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_of(self.pid) + children(self.pid).into_iter().map(rss_of).sum::<u64>()
+    }
+}
+
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / 100.0)
+}
+
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
