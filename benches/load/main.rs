@@ -18,6 +18,8 @@
 //! About two minutes; `--quick` about twenty seconds. Needs `target/release/ultra-gateway`
 //! (`cargo build --release`), or the builds `ULTRA_GATEWAY_BIN` lists (comma-separated paths:
 //! an older commit's build and this one, side by side on the same load).
+//!
+//! `--profile plain|streamed [SECONDS]` runs only the gateway under load, for a profiler.
 
 mod bare;
 mod client;
@@ -50,6 +52,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--bare-pingora") {
         bare::run(&args[i + 1], &args[i + 2]);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        profile(
+            &args[i + 1],
+            args.get(i + 2).and_then(|s| s.parse().ok()).unwrap_or(10.0),
+        );
         return;
     }
     let secs = Duration::from_secs_f64;
@@ -131,6 +140,17 @@ fn main() {
         out.display(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// `--profile plain|streamed [SECONDS]`: only the gateway, under closed-loop load, its PID
+/// printed first: for `perf record -g -p PID` or `strace -c -f -p PID` alongside.
+fn profile(kind: &str, secs: f64) {
+    let upstream = upstream::start();
+    let gateway = Target::gateways(upstream).remove(0);
+    println!("gateway pid {}", gateway.pid);
+    let load = Load::new(gateway.auth.as_deref(), kind == "streamed");
+    let t = client::closed_loop(gateway.addr, &load, CONNS, Duration::from_secs_f64(secs));
+    println!("{} requests, {} errors", t.total.len(), t.errors);
 }
 
 /// `plan.rounds` closed-loop runs per target, the targets interleaved.
