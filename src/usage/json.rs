@@ -31,11 +31,25 @@ impl TopLevelUsage {
         if self.done {
             return;
         }
-        for &c in chunk {
-            self.byte(c);
+        let mut i = 0;
+        while i < chunk.len() {
+            // Inside a string that is neither a depth-1 key nor being copied, only `"` and `\`
+            // matter: jump to the next (memchr). An answer's text is mostly such strings.
+            if self.in_string
+                && !self.escaped
+                && self.capture.is_none()
+                && !(self.depth == 1 && self.expect_key)
+            {
+                match memchr::memchr2(b'"', b'\\', &chunk[i..]) {
+                    Some(n) => i += n,
+                    None => return,
+                }
+            }
+            self.byte(chunk[i]);
             if self.done {
                 return;
             }
+            i += 1;
         }
     }
 
@@ -142,6 +156,22 @@ mod tests {
         let parts: Vec<String> = body.chars().map(String::from).collect();
         let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
         assert_eq!(scan(&refs).unwrap().prompt_tokens, Some(2));
+    }
+
+    #[test]
+    fn long_strings_are_skipped_over_wherever_the_chunks_split() {
+        let body = format!(
+            r#"{{"choices":[{{"message":{{"content":"{} \"usage\":{{\\"}}}}],"usage":{{"completion_tokens":4}}}}"#,
+            "words ".repeat(500)
+        );
+        for split in [1, 10, 100, 1000, 3000, body.len() - 5] {
+            let (a, b) = body.split_at(split);
+            assert_eq!(
+                scan(&[a, b]).unwrap().completion_tokens,
+                Some(4),
+                "split at {split}"
+            );
+        }
     }
 
     #[test]
