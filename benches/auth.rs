@@ -59,8 +59,33 @@ fn bench(c: &mut Criterion) {
         &EncodingKey::from_secret(SECRET.as_bytes()),
         0,
     );
-    c.bench_function("jwt_verify_hs256", |b| {
+    c.bench_function("jwt_verify_hs256_cached", |b| {
         b.iter(|| rt.block_on(hs.verify(black_box(&hs_token))).unwrap())
+    });
+    let hs_cold = verifier(
+        vec![Algorithm::HS256],
+        vec![VerifyKey::configured(
+            AlgorithmFamily::Hmac,
+            DecodingKey::from_secret(SECRET.as_bytes()),
+        )],
+        1,
+    );
+    let hs_tokens: Vec<String> = (0..256)
+        .map(|n| {
+            token(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+                n,
+            )
+        })
+        .collect();
+    let mut i = 0;
+    c.bench_function("jwt_verify_hs256_cold", |b| {
+        b.iter(|| {
+            i = (i + 1) % hs_tokens.len();
+            rt.block_on(hs_cold.verify(black_box(&hs_tokens[i])))
+                .unwrap()
+        })
     });
 
     let rsa_enc = EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")).unwrap();

@@ -1,5 +1,5 @@
-//! Verified tokens, remembered until they expire so that an RS/PS/ES/EdDSA signature is checked
-//! once per token rather than once per request. Bounded, sharded (no global lock), keyed by the
+//! Verified tokens, remembered until they expire so that a signature is checked and the claims
+//! decoded once per token rather than once per request. Bounded, sharded (no global lock), keyed by the
 //! token's SHA-256, and owned by the compiled runtime: a key removed by a configuration change
 //! takes its tokens with it.
 
