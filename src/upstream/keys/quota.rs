@@ -18,46 +18,49 @@ pub struct ProviderLimits {
 }
 
 impl ProviderLimits {
-    /// The limits in `h`, if the response reports any.
+    /// The limits in `h`, if the response reports any. One pass over the headers rather than
+    /// twelve lookups by name (each hashing a name): most responses carry none of these.
     pub fn from_headers(h: &HeaderMap) -> Option<ProviderLimits> {
-        let num = |names: [&str; 2]| {
-            names
-                .iter()
-                .find_map(|n| h.get(*n)?.to_str().ok()?.trim().parse::<u64>().ok())
-        };
-        let text = |names: [&str; 2]| {
-            names.iter().find_map(|n| {
-                let v = h.get(*n)?.to_str().ok()?;
-                Some(v.chars().take(40).collect::<String>())
-            })
-        };
+        let (mut openai, mut anthropic) = (ProviderLimits::default(), ProviderLimits::default());
+        for (name, value) in h {
+            let name = name.as_str();
+            if let Some(field) = name.strip_prefix("x-ratelimit-") {
+                openai.set(field, value, true);
+            } else if let Some(field) = name.strip_prefix("anthropic-ratelimit-") {
+                anthropic.set(field, value, false);
+            }
+        }
+        // OpenAI's spelling wins where a response carries both.
         let l = ProviderLimits {
-            limit_requests: num([
-                "x-ratelimit-limit-requests",
-                "anthropic-ratelimit-requests-limit",
-            ]),
-            remaining_requests: num([
-                "x-ratelimit-remaining-requests",
-                "anthropic-ratelimit-requests-remaining",
-            ]),
-            reset_requests: text([
-                "x-ratelimit-reset-requests",
-                "anthropic-ratelimit-requests-reset",
-            ]),
-            limit_tokens: num([
-                "x-ratelimit-limit-tokens",
-                "anthropic-ratelimit-tokens-limit",
-            ]),
-            remaining_tokens: num([
-                "x-ratelimit-remaining-tokens",
-                "anthropic-ratelimit-tokens-remaining",
-            ]),
-            reset_tokens: text([
-                "x-ratelimit-reset-tokens",
-                "anthropic-ratelimit-tokens-reset",
-            ]),
+            limit_requests: openai.limit_requests.or(anthropic.limit_requests),
+            remaining_requests: openai.remaining_requests.or(anthropic.remaining_requests),
+            reset_requests: openai.reset_requests.or(anthropic.reset_requests),
+            limit_tokens: openai.limit_tokens.or(anthropic.limit_tokens),
+            remaining_tokens: openai.remaining_tokens.or(anthropic.remaining_tokens),
+            reset_tokens: openai.reset_tokens.or(anthropic.reset_tokens),
         };
         (l != ProviderLimits::default()).then_some(l)
+    }
+
+    /// One `x-ratelimit-{what}-{unit}` (OpenAI, `what_first`) or
+    /// `anthropic-ratelimit-{unit}-{what}` header, its prefix taken off.
+    fn set(&mut self, field: &str, value: &http::HeaderValue, what_first: bool) {
+        let Some((a, b)) = field.split_once('-') else {
+            return;
+        };
+        let (what, unit) = if what_first { (a, b) } else { (b, a) };
+        let Ok(v) = value.to_str() else { return };
+        let num = || v.trim().parse::<u64>().ok();
+        let text = || Some(v.chars().take(40).collect::<String>());
+        match (what, unit) {
+            ("limit", "requests") => self.limit_requests = num(),
+            ("remaining", "requests") => self.remaining_requests = num(),
+            ("reset", "requests") => self.reset_requests = text(),
+            ("limit", "tokens") => self.limit_tokens = num(),
+            ("remaining", "tokens") => self.remaining_tokens = num(),
+            ("reset", "tokens") => self.reset_tokens = text(),
+            _ => {}
+        }
     }
 }
 
@@ -107,5 +110,26 @@ mod tests {
         assert_eq!(l.reset_tokens.as_deref(), Some("6m0s"));
         assert_eq!(l.remaining_tokens, Some(900));
         assert_eq!(l.limit_requests, None);
+    }
+
+    #[test]
+    fn openai_spelling_wins_and_strangers_are_ignored() {
+        let mut h = HeaderMap::new();
+        h.insert("anthropic-ratelimit-requests-limit", "10".parse().unwrap());
+        h.insert("x-ratelimit-limit-requests", "20".parse().unwrap());
+        h.insert(
+            "anthropic-ratelimit-requests-reset",
+            "2026-12-03T10:00:00Z".parse().unwrap(),
+        );
+        h.insert("x-ratelimit-limit-tokens", "lots".parse().unwrap());
+        h.insert("x-ratelimit-other", "1".parse().unwrap());
+        h.insert("x-ratelimit-limit-bananas", "1".parse().unwrap());
+        let l = ProviderLimits::from_headers(&h).unwrap();
+        assert_eq!(l.limit_requests, Some(20));
+        assert_eq!(l.reset_requests.as_deref(), Some("2026-12-03T10:00:00Z"));
+        assert_eq!(l.limit_tokens, None, "not a number");
+        let mut only_strangers = HeaderMap::new();
+        only_strangers.insert("x-ratelimit-limit-bananas", "1".parse().unwrap());
+        assert_eq!(ProviderLimits::from_headers(&only_strangers), None);
     }
 }
