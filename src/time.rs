@@ -151,8 +151,14 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
-        assert_eq!(rfc3339_millis(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(253_402_300_799_999),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            rfc3339_millis(253_402_300_800_000),
+            "10000-01-01T00:00:00.000Z"
+        );
         // Every field's digits, against the parser, over a spread of times.
         for k in 0..2_000u128 {
             let t = k * 86_400_000 * 7 + k * 3_723_456;
