@@ -289,6 +289,7 @@ fn open_logs(
 fn server_conf(config: &Config) -> ServerConf {
     ServerConf {
         threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
         // A backstop only: `shutdown::supervise` ends the process once nothing is in flight, or
         // at the end of the configured grace period after cutting what remains.
         grace_period_seconds: Some(config.server.grace_period_seconds + PINGORA_GRACE_MARGIN),

@@ -20,7 +20,7 @@ impl ProxyHttp for Bare {
     }
 }
 
-pub fn run(listen: &str, upstream: &str) {
+pub fn run(listen: &str, upstream: &str, threads: usize, work_stealing: bool) {
     // Killed benches run no destructors: leave with the parent rather than linger on its port.
     let parent = std::os::unix::process::parent_id();
     std::thread::spawn(move || loop {
@@ -30,7 +30,8 @@ pub fn run(listen: &str, upstream: &str) {
         }
     });
     let conf = ServerConf {
-        threads: 2,
+        threads,
+        work_stealing,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -125,6 +125,15 @@ pub fn open_loop(
     join(handles)
 }
 
+/// One request on a new connection: whether it got a 200.
+pub fn closed_loop_once(addr: SocketAddr, load: &Load) -> bool {
+    let Ok(mut s) = connect(addr) else {
+        return false;
+    };
+    let mut t = Timings::default();
+    exchange(&mut s, load, Instant::now(), &mut Vec::new(), &mut t)
+}
+
 fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;

@@ -14,6 +14,9 @@
 //!    the upstream itself: the latency each target adds;
 //! 4. open loop, streamed: 500 streams/s: the time to first byte each target adds.
 //!
+//! Also the time from spawning each target to its first 200. `ULTRA_LOAD_THREADS` (default 2)
+//! and `ULTRA_LOAD_WORK_STEALING=false` set every target's threads and Pingora's runtime.
+//!
 //! Ratios are to bare Pingora. The tables are printed and written to `target/load-summary.json`.
 //! About two minutes; `--quick` about twenty seconds. Needs `target/release/ultra-gateway`
 //! (`cargo build --release`), or the builds `ULTRA_GATEWAY_BIN` lists (comma-separated paths:
@@ -51,7 +54,8 @@ struct Plan {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--bare-pingora") {
-        bare::run(&args[i + 1], &args[i + 2]);
+        let t = targets::tuning();
+        bare::run(&args[i + 1], &args[i + 2], t.threads, t.work_stealing);
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--profile") {
@@ -88,6 +92,26 @@ fn main() {
         None => eprintln!("nginx not on the PATH: its column is skipped"),
     }
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let tuning = targets::tuning();
+    println!(
+        "{} threads, work stealing {}; start to first 200: {}",
+        tuning.threads,
+        tuning.work_stealing,
+        targets
+            .iter()
+            .map(|t| format!("{} {:.1} ms", t.name, t.startup.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let startup: serde_json::Map<String, serde_json::Value> = targets
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                serde_json::json!(t.startup.as_secs_f64() * 1000.0),
+            )
+        })
+        .collect();
 
     let plain = closed_rounds(&targets, &plan, false);
     let plain = report::closed_loop(
@@ -127,6 +151,9 @@ fn main() {
 
     let summary = serde_json::json!({
         "connections": CONNS,
+        "threads": tuning.threads,
+        "work_stealing": tuning.work_stealing,
+        "startup_ms": startup,
         "closed_loop": plain,
         "closed_loop_streamed": streamed,
         "open_loop": { "rate": OPEN_RATE, "connections": OPEN_CONNS, "rows": open },

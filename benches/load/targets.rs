@@ -1,13 +1,15 @@
 //! The proxies under test, each a child process: bare Pingora (this bench binary re-run with
 //! `--bare-pingora`), the release gateway (or each build `ULTRA_GATEWAY_BIN` lists), nginx.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Target {
     pub name: String,
+    /// From spawning the process to its first 200 to a real request.
+    pub startup: Duration,
     pub addr: SocketAddr,
     /// Whose CPU and memory are counted (with its children: nginx's workers).
     pub pid: u32,
@@ -49,11 +51,33 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(20));
+/// Threads and runtime of every proxy under test: `ULTRA_LOAD_THREADS` (default 2, nginx's
+/// worker processes too) and `ULTRA_LOAD_WORK_STEALING` (`true` or `false`, Pingora's).
+pub struct Tuning {
+    pub threads: usize,
+    pub work_stealing: bool,
+}
+
+pub fn tuning() -> Tuning {
+    Tuning {
+        threads: std::env::var("ULTRA_LOAD_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(2),
+        work_stealing: std::env::var("ULTRA_LOAD_WORK_STEALING").map_or(true, |v| v != "false"),
+    }
+}
+
+/// Waits until `addr` answers `auth`'s request with a 200; returns how long since `spawned`.
+fn wait_ready(addr: SocketAddr, auth: Option<&str>, spawned: Instant) -> Duration {
+    let load = crate::client::Load::new(auth, false);
+    let deadline = spawned + Duration::from_secs(30);
+    loop {
+        if crate::client::closed_loop_once(addr, &load) {
+            return spawned.elapsed();
+        }
+        assert!(Instant::now() < deadline, "{addr} never answered 200");
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -68,6 +92,7 @@ impl Target {
     pub fn direct(addr: SocketAddr) -> Target {
         Target {
             name: "upstream".into(),
+            startup: Duration::ZERO,
             addr,
             pid: std::process::id(),
             auth: None,
@@ -77,15 +102,16 @@ impl Target {
 
     pub fn bare(upstream: SocketAddr) -> Target {
         let addr = free_addr();
+        let spawned = Instant::now();
         let child = Command::new(std::env::current_exe().unwrap())
             .args(["--bare-pingora", &addr.to_string(), &upstream.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("the bench binary re-run as a bare Pingora proxy");
-        wait_listening(addr);
         Target {
             name: "pingora".into(),
+            startup: wait_ready(addr, None, spawned),
             addr,
             pid: child.id(),
             auth: None,
@@ -130,7 +156,7 @@ impl Target {
         std::fs::write(
             &cfg,
             format!(
-                "server: {{ threads: 2 }}
+                "server: {{ threads: {threads}, work_stealing: {ws} }}
 logging: {{ level: warn, access_log: {access} }}
 audit: {{ path: {audit} }}
 reload: {{ watch: false }}
@@ -143,6 +169,8 @@ providers:
 models:
   - {{ id: m, targets: [{{ provider: up }}], pricing: {{ input_per_million: 1.0, output_per_million: 2.0 }} }}
 ",
+                threads = tuning().threads,
+                ws = tuning().work_stealing,
                 access = dir.join("access.log").display(),
                 audit = dir.join("audit.log").display(),
             ),
@@ -155,6 +183,7 @@ models:
             .expect("mint a token");
         let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
         let addr = free_addr();
+        let spawned = Instant::now();
         let child = Command::new(bin)
             .args(["run", "-c"])
             .arg(&cfg)
@@ -163,12 +192,13 @@ models:
             .stderr(Stdio::null())
             .spawn()
             .expect("start the gateway");
-        wait_listening(addr);
+        let auth = format!("Bearer {token}");
         Target {
             name,
+            startup: wait_ready(addr, Some(&auth), spawned),
             addr,
             pid: child.id(),
-            auth: Some(format!("Bearer {token}")),
+            auth: Some(auth),
             _child: guard(child),
         }
     }
@@ -183,7 +213,7 @@ models:
         std::fs::write(
             &conf,
             format!(
-                "worker_processes 2;
+                "worker_processes {workers};
 daemon off;
 pid {pid};
 error_log {dir}/error.log;
@@ -204,11 +234,13 @@ http {{
   }}
 }}
 ",
+                workers = tuning().threads,
                 pid = dir.join("nginx.pid").display(),
                 dir = dir.display(),
             ),
         )
         .ok()?;
+        let spawned = Instant::now();
         let child = Command::new("nginx")
             .args(["-c"])
             .arg(&conf)
@@ -216,9 +248,9 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        wait_listening(addr);
         Some(Target {
             name: "nginx".into(),
+            startup: wait_ready(addr, None, spawned),
             addr,
             pid: child.id(),
             auth: None,

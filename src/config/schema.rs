@@ -36,6 +36,9 @@ pub struct ServerSection {
     pub listen: String,
     /// Worker threads of the proxy service. Default 2.
     pub threads: usize,
+    /// Whether Pingora's worker threads share one work-stealing runtime (`true`, the default)
+    /// or each run their own single-threaded runtime. Default true.
+    pub work_stealing: bool,
     /// Largest accepted request body in bytes; larger ones get 413. Default 16 MiB.
     pub max_body_bytes: u64,
     /// Longest wait, in seconds, for the next piece of a request body; a client that stalls
@@ -66,6 +69,7 @@ impl Default for ServerSection {
         ServerSection {
             listen: "127.0.0.1:8080".into(),
             threads: 2,
+            work_stealing: true,
             max_body_bytes: 16 * 1024 * 1024,
             body_read_timeout_seconds: 60,
             grace_period_seconds: 10,

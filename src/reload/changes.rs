@@ -153,11 +153,12 @@ fn live_settings(old: &Config, new: &Config) -> Vec<String> {
 /// the command line's `--listen` overrides `server.listen`.
 pub fn needs_restart(started: &Config, new: &Config, listen_fixed: bool) -> Vec<&'static str> {
     let (s, n) = (&started.server, &new.server);
-    let fields: [(&'static str, bool); 14] = [
+    let fields: [(&'static str, bool); 15] = [
         ("server.state_file", s.state_file == n.state_file),
         ("server.upgrade_sock", s.upgrade_sock == n.upgrade_sock),
         ("server.listen", listen_fixed || s.listen == n.listen),
         ("server.threads", s.threads == n.threads),
+        ("server.work_stealing", s.work_stealing == n.work_stealing),
         (
             "server.grace_period_seconds",
             s.grace_period_seconds == n.grace_period_seconds,
