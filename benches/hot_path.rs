@@ -1,8 +1,9 @@
 //! Per-request cost of the hot path's steps, each at the sizes issue 11 names: model resolution
 //! with 10 / 1,000 / 10,000 models, the role check with 10 and 64 roles (the most a
-//! configuration may define), a breaker check, and the body's model probe and rewrite at 1 KiB / 64 KiB / 1 MiB. Run with
-//! `cargo bench --bench hot_path`. (Authentication is `--bench auth`; quotas and usage
-//! parsing `--bench quota`.)
+//! configuration may define), a breaker check, the provider key pick with 10 and 10,000 keys,
+//! the body's model probe and rewrite at 1 KiB / 64 KiB / 1 MiB, the usage scan of a JSON
+//! answer at 1 KiB / 64 KiB, and an access-log line. Run with `cargo bench --bench hot_path`.
+//! (Authentication is `--bench auth`; quotas and SSE usage `--bench quota`.)
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -107,5 +108,96 @@ fn body_model(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, resolution, role_check, breaker, body_model);
+fn key_pick(c: &mut Criterion) {
+    use ultra_gateway::config::{KeyAffinity, ProviderKind};
+    use ultra_gateway::upstream::keys::{KeyRing, KeySource};
+    let mut g = c.benchmark_group("key_pick");
+    for n in [10usize, 10_000] {
+        let keys = (0..n)
+            .map(|i| (format!("k{i}"), KeySource::Value(format!("sk-bench-{i}"))))
+            .collect();
+        let ring = KeyRing::new(ProviderKind::Openai, KeyAffinity::None, keys, &|_| None).0;
+        let now = tokio::time::Instant::now();
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| black_box(ring.pick(None, &[], now)))
+        });
+    }
+    g.finish();
+}
+
+/// An answer of about `size` bytes, its usage at the end (where providers put it).
+fn answer(size: usize) -> Bytes {
+    let text = "word ".repeat(size.saturating_sub(220) / 5);
+    Bytes::from(format!(
+        r#"{{"id":"c1","object":"chat.completion","model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}}}}"#
+    ))
+}
+
+fn json_usage(c: &mut Criterion) {
+    use ultra_gateway::usage::{Dialect, UsageMeter};
+    let mut g = c.benchmark_group("usage_json");
+    for (label, size) in [("1KiB", 1 << 10), ("64KiB", 64 << 10)] {
+        let body = answer(size);
+        g.bench_with_input(BenchmarkId::from_parameter(label), &body, |b, body| {
+            b.iter(|| {
+                let mut meter = UsageMeter::new(Dialect::OpenAi, false, false);
+                let mut chunk = body.clone();
+                meter.chunk(&mut chunk, true);
+                black_box(meter.reported())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn access_line(c: &mut Criterion) {
+    use ultra_gateway::proxy::logging::AccessEntry;
+    c.bench_function("access_log_line", |b| {
+        b.iter(|| {
+            let entry = AccessEntry {
+                ts: ultra_gateway::time::now_rfc3339(),
+                request_id: "0f8e2c1d9a7b6c5d4e3f2a1b0c9d8e7f",
+                method: "POST",
+                path: "/v1/chat/completions",
+                model: Some("gpt-4o-mini"),
+                requested_model: None,
+                provider: Some("openai"),
+                backend: Some("127.0.0.1:443".parse().unwrap()),
+                subject: Some("user-42"),
+                caller_key_id: None,
+                provider_key_id: Some("openai-1"),
+                status: 200,
+                error: None,
+                attempts: 1,
+                stream: false,
+                latency_ms: 123.456,
+                upstream_ms: Some(120.001),
+                upstream_ttfb_ms: Some(80.5),
+                input_tokens: Some(10),
+                output_tokens: Some(2),
+                cached_input_tokens: Some(0),
+                cost_usd: Some(0.000014),
+                usage: Some("reported"),
+                bytes_in: 72,
+                bytes_out: 230,
+                client: Some("10.1.2.3".parse().unwrap()),
+            };
+            // What `LineSink::write_json` does with it.
+            let mut line = serde_json::to_vec(&entry).unwrap();
+            line.push(b'\n');
+            black_box(line)
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    resolution,
+    role_check,
+    breaker,
+    key_pick,
+    body_model,
+    json_usage,
+    access_line
+);
 criterion_main!(benches);

@@ -26,7 +26,7 @@ pub mod errors;
 pub mod headers;
 mod intake;
 pub mod local;
-mod logging;
+pub mod logging;
 pub mod model_field;
 mod policy;
 mod provider_health;
