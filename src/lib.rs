@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod embedded;
 pub mod endpoints;
+pub mod healthcheck;
 pub mod line_sink;
 pub mod metrics;
 pub mod mock;

@@ -1,4 +1,5 @@
-//! The `ultra-gateway` command line: `run` (the default), `check-config`, `token`, `hash-key`.
+//! The `ultra-gateway` command line: `run` (the default), `check-config`, `token`, `hash-key`,
+//! `healthcheck`.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -68,6 +69,16 @@ enum Command {
         #[arg(long = "role")]
         roles: Vec<String>,
     },
+    /// GET the gateway's /health and exit 0 on a 200, 1 otherwise: a container HEALTHCHECK that
+    /// needs no shell tool.
+    Healthcheck {
+        /// What to GET (plain http://).
+        #[arg(long, default_value = ultra_gateway::healthcheck::DEFAULT_URL)]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout_seconds: u64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -101,7 +112,26 @@ fn main() -> ExitCode {
             config,
         }) => token(&sub, &roles, &ttl, config.as_deref()),
         Some(Command::HashKey { stdin, id, roles }) => hash_key(stdin, &id, &roles),
+        Some(Command::Healthcheck {
+            url,
+            timeout_seconds,
+        }) => healthcheck(&url, timeout_seconds),
         None => run(cli.run),
+    }
+}
+
+fn healthcheck(url: &str, timeout_seconds: u64) -> ExitCode {
+    let timeout = std::time::Duration::from_secs(timeout_seconds.max(1));
+    match ultra_gateway::healthcheck::check(url, timeout) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("ultra-gateway healthcheck: {url}: status {status}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ultra-gateway healthcheck: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod headers;
 mod local_endpoints;
 mod metrics;
 mod mock_provider;
+mod packaging;
 mod paths;
 mod pools;
 mod production;
