@@ -617,6 +617,43 @@ async fn timeouts_first_byte_between_chunks_and_total() {
     assert!(started.elapsed() < Duration::from_secs(4));
 }
 
+/// A gap limit much shorter than the first-byte limit holds from the first chunk on: a stream
+/// that stalls after one event is cut after `between_chunks_ms`, not `first_byte_ms`.
+#[tokio::test]
+async fn a_stall_after_the_first_event_is_cut_at_the_gap_limit_not_the_first_byte_one() {
+    let up = MockUpstream::start(move |_| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        tx.send(Bytes::from_static(b"data: {\"n\":0}\n\n")).unwrap();
+        std::mem::forget(tx);
+        Reply::Stream(rx)
+    })
+    .await;
+    let cfg = pool_config(
+        &[up.url()],
+        TWO_KEYS,
+        "    timeouts: { first_byte_ms: 20000, between_chunks_ms: 300, total_ms: 60000 }\n    retry: { max_attempts: 1 }",
+    );
+    let gw = TestGateway::start(&cfg);
+    let started = Instant::now();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events = sse_events(r).await;
+    let elapsed = started.elapsed();
+    assert_eq!(events[0], "data: {\"n\":0}");
+    let last: Value =
+        serde_json::from_str(events.last().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout", "{events:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "cut after the 300 ms gap, not the 20 s first-byte limit: {elapsed:?}"
+    );
+}
+
 #[tokio::test]
 async fn consistent_strategy_keeps_a_caller_on_one_backend() {
     let a = MockUpstream::openai_like().await;
