@@ -9,6 +9,7 @@ mod auth;
 mod authz;
 mod bodies;
 mod check_config;
+mod deploy;
 mod docs;
 mod errors;
 mod headers;
