@@ -16,6 +16,7 @@ mod headers;
 mod local_endpoints;
 mod metrics;
 mod mock_provider;
+mod observability;
 mod packaging;
 mod paths;
 mod pools;
