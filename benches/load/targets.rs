@@ -69,12 +69,22 @@ pub fn tuning() -> Tuning {
 }
 
 /// Waits until `addr` answers `auth`'s request with a 200; returns how long since `spawned`.
-fn wait_ready(addr: SocketAddr, auth: Option<&str>, spawned: Instant) -> Duration {
+/// A child that exits first (a configuration it refuses, a port taken) fails the bench at once,
+/// with its exit status, rather than after the deadline.
+fn wait_ready(
+    addr: SocketAddr,
+    auth: Option<&str>,
+    spawned: Instant,
+    child: &mut Child,
+) -> Duration {
     let load = crate::client::Load::new(auth, false);
     let deadline = spawned + Duration::from_secs(30);
     loop {
         if crate::client::closed_loop_once(addr, &load) {
             return spawned.elapsed();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the target for {addr} exited before answering: {status}");
         }
         assert!(Instant::now() < deadline, "{addr} never answered 200");
         std::thread::sleep(Duration::from_millis(1));
@@ -109,9 +119,10 @@ impl Target {
             .stderr(Stdio::null())
             .spawn()
             .expect("the bench binary re-run as a bare Pingora proxy");
+        let mut child = child;
         Target {
             name: "pingora".into(),
-            startup: wait_ready(addr, None, spawned),
+            startup: wait_ready(addr, None, spawned, &mut child),
             addr,
             pid: child.id(),
             auth: None,
@@ -156,7 +167,7 @@ impl Target {
         std::fs::write(
             &cfg,
             format!(
-                "server: {{ threads: {threads}, work_stealing: {ws} }}
+                "server: {{ threads: {threads}{ws} }}
 logging: {{ level: warn, access_log: {access} }}
 audit: {{ path: {audit} }}
 reload: {{ watch: false }}
@@ -170,7 +181,8 @@ models:
   - {{ id: m, targets: [{{ provider: up }}], pricing: {{ input_per_million: 1.0, output_per_million: 2.0 }} }}
 ",
                 threads = tuning().threads,
-                ws = tuning().work_stealing,
+                // Only when not the default: builds from before the key refuse it.
+                ws = if tuning().work_stealing { "" } else { ", work_stealing: false" },
                 access = dir.join("access.log").display(),
                 audit = dir.join("audit.log").display(),
             ),
@@ -192,10 +204,11 @@ models:
             .stderr(Stdio::null())
             .spawn()
             .expect("start the gateway");
+        let mut child = child;
         let auth = format!("Bearer {token}");
         Target {
             name,
-            startup: wait_ready(addr, Some(&auth), spawned),
+            startup: wait_ready(addr, Some(&auth), spawned, &mut child),
             addr,
             pid: child.id(),
             auth: Some(auth),
@@ -248,9 +261,10 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
+        let mut child = child;
         Some(Target {
             name: "nginx".into(),
-            startup: wait_ready(addr, None, spawned),
+            startup: wait_ready(addr, None, spawned, &mut child),
             addr,
             pid: child.id(),
             auth: None,
