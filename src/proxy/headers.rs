@@ -91,7 +91,11 @@ pub fn scrub_response(resp: &mut ResponseHeader) {
             || (HOP_BY_HOP.contains(&name) && name != "transfer-encoding")
         {
             doomed.push(n.clone());
-        } else if let Some(rank) = UPSTREAM_REQUEST_ID.iter().position(|id| *id == name) {
+        } else if let Some(rank) = UPSTREAM_REQUEST_ID
+            .iter()
+            .position(|id| *id == name)
+            .filter(|_| !doomed.contains(n))
+        {
             upstream_id = Some(upstream_id.map_or(rank, |r| r.min(rank)));
         }
     }
@@ -176,5 +180,15 @@ mod tests {
         assert_eq!(resp.headers["transfer-encoding"], "chunked");
         assert!(resp.headers.get("x-hop").is_none());
         assert!(resp.headers.get("connection").is_none());
+
+        // An id the provider listed in `Connection` is hop-by-hop: gone, and the next one kept.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("connection", "x-request-id").unwrap();
+        resp.insert_header("x-request-id", "hop").unwrap();
+        resp.insert_header("request-id", "kept").unwrap();
+        scrub_response(&mut resp);
+        assert_eq!(resp.headers["x-upstream-request-id"], "kept");
+        assert!(resp.headers.get("x-request-id").is_none());
+        assert!(resp.headers.get("request-id").is_none());
     }
 }
