@@ -52,13 +52,16 @@ impl ProviderLimits {
         let Ok(v) = value.to_str() else { return };
         let num = || v.trim().parse::<u64>().ok();
         let text = || Some(v.chars().take(40).collect::<String>());
+        // A repeated header: the first usable value stays, as a lookup by name would give it.
         match (what, unit) {
-            ("limit", "requests") => self.limit_requests = num(),
-            ("remaining", "requests") => self.remaining_requests = num(),
-            ("reset", "requests") => self.reset_requests = text(),
-            ("limit", "tokens") => self.limit_tokens = num(),
-            ("remaining", "tokens") => self.remaining_tokens = num(),
-            ("reset", "tokens") => self.reset_tokens = text(),
+            ("limit", "requests") => self.limit_requests = self.limit_requests.or_else(num),
+            ("remaining", "requests") => {
+                self.remaining_requests = self.remaining_requests.or_else(num)
+            }
+            ("reset", "requests") => self.reset_requests = self.reset_requests.take().or_else(text),
+            ("limit", "tokens") => self.limit_tokens = self.limit_tokens.or_else(num),
+            ("remaining", "tokens") => self.remaining_tokens = self.remaining_tokens.or_else(num),
+            ("reset", "tokens") => self.reset_tokens = self.reset_tokens.take().or_else(text),
             _ => {}
         }
     }
@@ -128,6 +131,12 @@ mod tests {
         assert_eq!(l.limit_requests, Some(20));
         assert_eq!(l.reset_requests.as_deref(), Some("2026-12-03T10:00:00Z"));
         assert_eq!(l.limit_tokens, None, "not a number");
+        let mut repeated = HeaderMap::new();
+        repeated.append("x-ratelimit-remaining-tokens", "7".parse().unwrap());
+        repeated.append("x-ratelimit-remaining-tokens", "oops".parse().unwrap());
+        repeated.append("x-ratelimit-remaining-tokens", "9".parse().unwrap());
+        let l = ProviderLimits::from_headers(&repeated).unwrap();
+        assert_eq!(l.remaining_tokens, Some(7), "the first usable value");
         let mut only_strangers = HeaderMap::new();
         only_strangers.insert("x-ratelimit-limit-bananas", "1".parse().unwrap());
         assert_eq!(ProviderLimits::from_headers(&only_strangers), None);
