@@ -1,7 +1,7 @@
 //! Verified tokens, remembered until they expire so that a signature is checked and the claims
-//! decoded once per token rather than once per request. Bounded, sharded (no global lock), keyed by the
-//! token's SHA-256, and owned by the compiled runtime: a key removed by a configuration change
-//! takes its tokens with it.
+//! decoded once per token rather than once per request. Bounded, sharded (no global lock),
+//! keyed by the token's SHA-256, and owned by the compiled runtime: a key or secret removed by
+//! a configuration change (a reload) takes its tokens with it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
