@@ -36,8 +36,8 @@ pub struct ServerSection {
     pub listen: String,
     /// Worker threads of the proxy service. Default 2.
     pub threads: usize,
-    /// Whether Pingora's worker threads share one work-stealing runtime (`true`, the default)
-    /// or each run their own single-threaded runtime. Default true.
+    /// Whether Pingora's worker threads share one work-stealing runtime or each run their own
+    /// single-threaded runtime. Default true.
     pub work_stealing: bool,
     /// Largest accepted request body in bytes; larger ones get 413. Default 16 MiB.
     pub max_body_bytes: u64,

@@ -26,6 +26,7 @@ pub mod errors;
 pub mod headers;
 mod intake;
 pub mod local;
+#[doc(hidden)] // public for benches/hot_path.rs only
 pub mod logging;
 pub mod model_field;
 mod policy;
