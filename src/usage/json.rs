@@ -175,6 +175,19 @@ mod tests {
     }
 
     #[test]
+    fn escapes_split_anywhere() {
+        let body = r#"{"a":"x\\\"usage\":{\"\\","usage":{"prompt_tokens":5}}"#;
+        for split in 1..body.len() {
+            let (a, b) = body.split_at(split);
+            assert_eq!(
+                scan(&[a, b]).unwrap().prompt_tokens,
+                Some(5),
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
     fn null_usage_and_arrays_are_no_usage() {
         assert!(scan(&[r#"{"usage":null,"b":{"c":1}}"#]).is_none());
         assert!(scan(&[r#"[{"usage":{"prompt_tokens":1}}]"#]).is_none());

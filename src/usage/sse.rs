@@ -383,6 +383,41 @@ mod tests {
     }
 
     #[test]
+    fn a_usage_only_line_past_the_limit_is_let_through_unread() {
+        let pad = "x".repeat(MAX_LINE);
+        let line = format!(
+            "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1}},\"pad\":\"{pad}\"}}\n\n"
+        );
+        let pieces: Vec<&str> = line
+            .as_bytes()
+            .chunks(64 * 1024)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let (t, out) = run(Dialect::OpenAi, true, &pieces);
+        assert_eq!(t, None);
+        assert!(out == line, "{} bytes out of {}", out.len(), line.len());
+    }
+
+    #[test]
+    fn a_line_undecided_after_4_kib_in_small_chunks_passes_as_it_came() {
+        let line = format!(
+            "data: {{\"id\":\"{}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":1}}}}\n\n",
+            "y".repeat(MAX_UNDECIDED)
+        );
+        let pieces: Vec<&str> = line
+            .as_bytes()
+            .chunks(7)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let (t, out) = run(Dialect::OpenAi, true, &pieces);
+        assert_eq!(
+            out, line,
+            "not decided within 4 KiB: passed on, never hidden"
+        );
+        assert_eq!(t, None, "held no longer, so not read either");
+    }
+
+    #[test]
     fn hiding_holds_only_an_undecided_start_and_the_last_bytes() {
         let mut s = SseUsage::new(Dialect::OpenAi, true);
         let line = "data: {\"choices\":[{\"delta\":{\"content\":\"a long answer going on and on\"}}],\"usage\":null}\n";
