@@ -10,6 +10,7 @@ mod authz;
 mod bodies;
 mod check_config;
 mod deploy;
+mod doc_links;
 mod docs;
 mod errors;
 mod headers;
