@@ -130,3 +130,34 @@ fn slugs_follow_github() {
         vec!["top", "providersnamekeys", "top-1", "whats-left"]
     );
 }
+
+/// Every path the gateway serves (from the code's own tables, so a new endpoint without docs
+/// fails here) is in docs/openapi.yaml's `paths` and has a heading or a row in docs/api.md.
+#[test]
+fn every_served_path_is_in_the_openapi_file_and_api_md() {
+    use ultra_gateway::endpoints::BUILTIN_PROXY_PATHS;
+    use ultra_gateway::proxy::local::{LISTED_PATHS, LISTED_POST_PATHS};
+    let openapi: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("docs/openapi.yaml")).unwrap())
+            .unwrap();
+    let paths = openapi["paths"].as_mapping().expect("openapi paths");
+    let api = std::fs::read_to_string(root().join("docs/api.md")).unwrap();
+    let served: Vec<&str> = LISTED_PATHS
+        .iter()
+        .chain(LISTED_POST_PATHS)
+        .copied()
+        .chain(BUILTIN_PROXY_PATHS.iter().map(|(p, _)| *p))
+        .chain(["/metrics", "/healthz", "/readyz"])
+        .collect();
+    assert!(served.len() >= 17, "{served:?}");
+    let mut missing = Vec::new();
+    for p in served {
+        if !paths.contains_key(serde_yaml::Value::from(p)) {
+            missing.push(format!("docs/openapi.yaml: {p}"));
+        }
+        if !api.contains(&format!("`{p}`")) && !api.contains(&format!(" {p}`")) {
+            missing.push(format!("docs/api.md: {p}"));
+        }
+    }
+    assert!(missing.is_empty(), "undocumented:\n{}", missing.join("\n"));
+}
