@@ -152,6 +152,8 @@ fn json_usage(c: &mut Criterion) {
 
 fn access_line(c: &mut Criterion) {
     use ultra_gateway::proxy::logging::AccessEntry;
+    let backend: std::net::SocketAddr = "127.0.0.1:443".parse().unwrap();
+    let client: std::net::IpAddr = "10.1.2.3".parse().unwrap();
     c.bench_function("access_log_line", |b| {
         b.iter(|| {
             let entry = AccessEntry {
@@ -162,7 +164,7 @@ fn access_line(c: &mut Criterion) {
                 model: Some("gpt-4o-mini"),
                 requested_model: None,
                 provider: Some("openai"),
-                backend: Some("127.0.0.1:443".parse().unwrap()),
+                backend: Some(backend),
                 subject: Some("user-42"),
                 caller_key_id: None,
                 provider_key_id: Some("openai-1"),
@@ -180,9 +182,10 @@ fn access_line(c: &mut Criterion) {
                 usage: Some("reported"),
                 bytes_in: 72,
                 bytes_out: 230,
-                client: Some("10.1.2.3".parse().unwrap()),
+                client: Some(client),
             };
-            // What `LineSink::write_json` does with it.
+            // The timestamp is part of every line's cost; then what `LineSink::try_write_json`
+            // does before queueing.
             let mut line = serde_json::to_vec(&entry).unwrap();
             line.push(b'\n');
             black_box(line)

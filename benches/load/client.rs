@@ -70,15 +70,9 @@ pub fn closed_loop(addr: SocketAddr, load: &Load, conns: usize, length: Duration
             let load = load.clone();
             std::thread::spawn(move || {
                 let mut t = Timings::default();
-                let Ok(mut s) = connect(addr) else {
-                    t.errors = 1;
-                    return t;
-                };
-                let mut buf = Vec::with_capacity(16384);
+                let mut conn = Conn::new(addr);
                 while Instant::now() < end {
-                    if !exchange(&mut s, &load, Instant::now(), &mut buf, &mut t) {
-                        break;
-                    }
+                    conn.exchange(&load, Instant::now(), &mut t);
                 }
                 t
             })
@@ -103,26 +97,57 @@ pub fn open_loop(
             let load = load.clone();
             std::thread::spawn(move || {
                 let mut t = Timings::default();
-                let Ok(mut s) = connect(addr) else {
-                    t.errors = 1;
-                    return t;
-                };
-                let mut buf = Vec::with_capacity(16384);
+                let mut conn = Conn::new(addr);
                 // This connection's share of the schedule: every `conns`-th request.
                 for k in (c..total).step_by(conns) {
                     let due = start + Duration::from_secs_f64(k as f64 / rate);
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    if !exchange(&mut s, &load, due, &mut buf, &mut t) {
-                        break;
-                    }
+                    conn.exchange(&load, due, &mut t);
                 }
                 t
             })
         })
         .collect();
     join(handles)
+}
+
+/// A client connection that reconnects after a failure: an error is counted and the load goes
+/// on, so one bad answer cannot silently take a connection out of the run.
+struct Conn {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn new(addr: SocketAddr) -> Conn {
+        Conn {
+            addr,
+            stream: None,
+            buf: Vec::with_capacity(16384),
+        }
+    }
+
+    fn exchange(&mut self, load: &Load, since: Instant, t: &mut Timings) {
+        if self.stream.is_none() {
+            match connect(self.addr) {
+                Ok(s) => self.stream = Some(s),
+                Err(_) => {
+                    t.errors += 1;
+                    // Do not spin on a refused connection.
+                    std::thread::sleep(Duration::from_millis(10));
+                    return;
+                }
+            }
+        }
+        let s = self.stream.as_mut().expect("connected above");
+        if !exchange(s, load, since, &mut self.buf, t) {
+            self.stream = None;
+            self.buf.clear();
+        }
+    }
 }
 
 /// One request on a new connection: whether it got a 200.

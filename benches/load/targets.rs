@@ -14,7 +14,12 @@ pub struct Target {
     /// Whose CPU and memory are counted (with its children: nginx's workers).
     pub pid: u32,
     pub auth: Option<String>,
+    /// For gateway builds: the binary and when it was built (an old one is measured otherwise
+    /// without a word: `cargo bench` does not rebuild it).
+    pub build: Option<String>,
+    // Dropped in this order: the process first, then its scratch directory (logs included).
     _child: Option<ChildGuard>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// Stops a child when the bench is done with it. nginx gets SIGTERM, which takes its workers
@@ -37,11 +42,8 @@ impl Drop for ChildGuard {
     }
 }
 
-fn guard(child: Child) -> Option<ChildGuard> {
-    Some(ChildGuard {
-        child,
-        terminate: false,
-    })
+fn guard(child: Child, terminate: bool) -> ChildGuard {
+    ChildGuard { child, terminate }
 }
 
 fn free_addr() -> SocketAddr {
@@ -91,10 +93,13 @@ fn wait_ready(
     }
 }
 
-fn scratch_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ultra-load-{what}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory for a target's configuration and logs, removed with the target: a full run
+/// writes hundreds of megabytes of access and audit log.
+fn scratch_dir(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ultra-load-{what}-"))
+        .tempdir()
+        .expect("a scratch directory")
 }
 
 impl Target {
@@ -106,7 +111,9 @@ impl Target {
             addr,
             pid: std::process::id(),
             auth: None,
+            build: None,
             _child: None,
+            _dir: None,
         }
     }
 
@@ -119,14 +126,17 @@ impl Target {
             .stderr(Stdio::null())
             .spawn()
             .expect("the bench binary re-run as a bare Pingora proxy");
-        let mut child = child;
+        // Guarded before the wait: a target that never answers is still stopped.
+        let mut g = guard(child, false);
         Target {
             name: "pingora".into(),
-            startup: wait_ready(addr, None, spawned, &mut child),
+            startup: wait_ready(addr, None, spawned, &mut g.child),
             addr,
-            pid: child.id(),
+            pid: g.child.id(),
             auth: None,
-            _child: guard(child),
+            build: None,
+            _child: Some(g),
+            _dir: None,
         }
     }
 
@@ -160,7 +170,8 @@ impl Target {
     }
 
     fn gateway(bin: &PathBuf, name: String, upstream: SocketAddr, i: usize) -> Target {
-        let dir = scratch_dir(&format!("gw{i}"));
+        let scratch = scratch_dir(&format!("gw{i}"));
+        let dir = scratch.path();
         let cfg = dir.join("gw.yaml");
         // Production-shaped: JWT auth and roles, access and audit logs to files, pricing (so
         // usage is metered and costed), metrics; no health checks against the bench upstream.
@@ -193,7 +204,20 @@ models:
             .arg(&cfg)
             .output()
             .expect("mint a token");
+        assert!(
+            token.status.success(),
+            "{} token: {}",
+            bin.display(),
+            String::from_utf8_lossy(&token.stderr)
+        );
         let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+        let built = std::fs::metadata(bin)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or("built at an unknown time".to_string(), |age| {
+                format!("built {} min ago", age.as_secs() / 60)
+            });
         let addr = free_addr();
         let spawned = Instant::now();
         let child = Command::new(bin)
@@ -204,15 +228,17 @@ models:
             .stderr(Stdio::null())
             .spawn()
             .expect("start the gateway");
-        let mut child = child;
+        let mut g = guard(child, false);
         let auth = format!("Bearer {token}");
         Target {
             name,
-            startup: wait_ready(addr, Some(&auth), spawned, &mut child),
+            startup: wait_ready(addr, Some(&auth), spawned, &mut g.child),
             addr,
-            pid: child.id(),
+            pid: g.child.id(),
             auth: Some(auth),
-            _child: guard(child),
+            build: Some(format!("{} ({built})", bin.display())),
+            _child: Some(g),
+            _dir: Some(scratch),
         }
     }
 
@@ -220,7 +246,8 @@ models:
     /// response buffering, as in front of an event stream), when it is on the PATH.
     pub fn nginx(upstream: SocketAddr) -> Option<Target> {
         Command::new("nginx").arg("-v").output().ok()?;
-        let dir = scratch_dir("nginx");
+        let scratch = scratch_dir("nginx");
+        let dir = scratch.path();
         let addr = free_addr();
         let conf = dir.join("nginx.conf");
         std::fs::write(
@@ -261,18 +288,38 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        let mut child = child;
+        let mut g = guard(child, true);
         Some(Target {
             name: "nginx".into(),
-            startup: wait_ready(addr, None, spawned, &mut child),
+            startup: wait_ready(addr, None, spawned, &mut g.child),
             addr,
-            pid: child.id(),
+            pid: g.child.id(),
             auth: None,
-            _child: Some(ChildGuard {
-                child,
-                terminate: true,
-            }),
+            build: None,
+            _child: Some(g),
+            _dir: Some(scratch),
         })
+    }
+
+    /// For a gateway: the access-log and audit lines it dropped because their queues were full
+    /// (from its `/metrics`), so that "logs on" is known to have meant all of them.
+    pub fn log_lines_dropped(&self) -> Option<(u64, u64)> {
+        use std::io::{Read, Write};
+        self.build.as_ref()?;
+        let mut s = std::net::TcpStream::connect(self.addr).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        };
+        Some((
+            value("ultra_access_log_dropped_total"),
+            value("ultra_audit_dropped_total"),
+        ))
     }
 
     /// CPU time (user + system) the target and its children have used.
