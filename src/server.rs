@@ -3,6 +3,7 @@
 
 use crate::auth::audit::AuditLog;
 use crate::config::Config;
+use crate::connections::Guarded;
 use crate::line_sink::LineSink;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
@@ -173,7 +174,11 @@ pub fn run(
     };
     shutdown::supervise(server.watch_execution_phase(), drain.clone(), grace, hooks)
         .map_err(|e| format!("cannot start the shutdown supervisor: {e}"))?;
-    let accept_watch = Arc::new(shutdown::AcceptWatch(drain.clone()));
+    let connections = crate::connections::Connections::new(runtime.clone(), metrics.clone());
+    let doorman = Arc::new(crate::connections::Doorman {
+        connections: connections.clone(),
+        drain: drain.clone(),
+    });
     let accept_drain = drain.clone();
     let gateway = Gateway::new(
         runtime.clone(),
@@ -184,13 +189,16 @@ pub fn run(
         drain,
     );
     let app = shutdown::LateCleanup {
-        app: Arc::new(http_proxy(&server.configuration, gateway)),
+        app: Arc::new(Guarded::new(
+            Arc::new(http_proxy(&server.configuration, gateway)),
+            connections,
+        )),
         drain: accept_drain,
     };
     let mut proxy = ListeningService::new("ultra-gateway".to_string(), app);
     let bound_str = bound.to_string();
     proxy.add_tcp(&bound_str);
-    proxy.set_connection_filter(accept_watch);
+    proxy.set_connection_filter(doorman);
     server.add_service(PreboundService {
         inner: proxy,
         addr: bound_str,
@@ -310,7 +318,7 @@ fn server_conf(config: &Config) -> ServerConf {
 /// clear error when the address is taken, and lets `--listen 127.0.0.1:0` report the port the
 /// kernel picked: Pingora would bind port 0 itself and never say which port it got.
 struct PreboundService {
-    inner: ListeningService<shutdown::LateCleanup<HttpProxy<Gateway>>>,
+    inner: ListeningService<shutdown::LateCleanup<Guarded<HttpProxy<Gateway>>>>,
     addr: String,
     listener: Option<TcpListener>,
 }

@@ -42,7 +42,7 @@ impl Drain {
         })
     }
 
-    /// A connection was accepted (see [`AcceptWatch`]).
+    /// A connection was accepted (see `connections::Doorman`).
     pub fn accepted(&self) {
         let ms = self.born.elapsed().as_millis() as u64;
         self.last_accept_ms.store(ms.max(1), Ordering::Release);
@@ -73,24 +73,6 @@ impl Drain {
 
     fn cut(&self) {
         self.cut.send_replace(true);
-    }
-}
-
-/// Notes each accepted connection (Pingora's connection filter, which sees a connection at
-/// accept, before any byte of it is read) and accepts it.
-pub struct AcceptWatch(pub Arc<Drain>);
-
-impl std::fmt::Debug for AcceptWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AcceptWatch")
-    }
-}
-
-#[async_trait::async_trait]
-impl pingora::listeners::ConnectionFilter for AcceptWatch {
-    async fn should_accept(&self, _addr: Option<&std::net::SocketAddr>) -> bool {
-        self.0.accepted();
-        true
     }
 }
 

@@ -44,6 +44,16 @@ pub struct ServerSection {
     /// Longest wait, in seconds, for the next piece of a request body; a client that stalls
     /// longer gets 408. Default 60.
     pub body_read_timeout_seconds: u64,
+    /// Longest time, in seconds, a request header may take to arrive in full, from its first
+    /// byte (on a new connection, from the accept); the connection is closed when it runs out.
+    /// Default 10.
+    pub header_read_timeout_seconds: u64,
+    /// Longest idle time, in seconds, of a kept-alive connection between two requests; it is
+    /// closed after that. Default 60.
+    pub keepalive_timeout_seconds: u64,
+    /// Most client connections open at once; beyond it new connections are closed at accept,
+    /// and the open ones keep being served. Default 10000.
+    pub max_connections: usize,
     /// Longest wait, in seconds, for in-flight requests after SIGTERM (the process exits as soon
     /// as none is left). Default 10.
     pub grace_period_seconds: u64,
@@ -72,6 +82,9 @@ impl Default for ServerSection {
             work_stealing: true,
             max_body_bytes: 16 * 1024 * 1024,
             body_read_timeout_seconds: 60,
+            header_read_timeout_seconds: 10,
+            keepalive_timeout_seconds: 60,
+            max_connections: 10_000,
             grace_period_seconds: 10,
             graceful_shutdown_timeout_seconds: 5,
             models_max_age_seconds: 60,

@@ -272,6 +272,27 @@ fn validate_server(c: &Config, errors: &mut Vec<ConfigError>) {
             "must be at least 1",
         ));
     }
+    for (key, value) in [
+        (
+            "server.header_read_timeout_seconds",
+            s.header_read_timeout_seconds,
+        ),
+        (
+            "server.keepalive_timeout_seconds",
+            s.keepalive_timeout_seconds,
+        ),
+    ] {
+        if !(1..=3600).contains(&value) {
+            errors.push(ConfigError::new(file, key, "must be between 1 and 3600"));
+        }
+    }
+    if !(1..=1_000_000).contains(&s.max_connections) {
+        errors.push(ConfigError::new(
+            file,
+            "server.max_connections",
+            "must be between 1 and 1000000",
+        ));
+    }
     validate_extra_paths(file, &s.extra_paths, errors);
     validate_logging(c, errors);
 }

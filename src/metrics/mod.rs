@@ -68,6 +68,13 @@ pub struct Metrics {
     pub ratelimit_remaining: IntGaugeVec,
     pub key_cooldowns: IntCounterVec,
     pub inflight: IntGauge,
+    /// Client connections open now.
+    pub connections_open: IntGauge,
+    /// Connections closed at accept because `server.max_connections` were open.
+    pub connections_refused: IntCounter,
+    /// Connections closed before a request, by reason (`header_timeout`, `idle_timeout`,
+    /// `header_error`: a malformed header, or the client left in the middle of one).
+    pub connections_closed: IntCounterVec,
     state_source: OnceLock<StateSource>,
     /// One scrape at a time: the state metrics are reset and refilled for each.
     scrape: parking_lot::Mutex<()>,
@@ -248,6 +255,22 @@ impl Metrics {
         );
         let inflight = IntGauge::new("ultra_inflight_requests", "Requests being served")
             .expect("valid metric");
+        let connections_open =
+            IntGauge::new("ultra_connections_open", "Client connections open now")
+                .expect("valid metric");
+        let connections_refused = IntCounter::new(
+            "ultra_connections_refused_total",
+            "Connections closed at accept because server.max_connections were open",
+        )
+        .expect("valid metric");
+        let connections_closed = counter_vec(
+            "ultra_connections_closed_total",
+            "Client connections the gateway closed, by reason",
+            &["reason"],
+        );
+        for reason in ["header_timeout", "idle_timeout", "header_error"] {
+            connections_closed.with_label_values(&[reason]);
+        }
         let build_info = gauge_vec(
             "ultra_build_info",
             "Always 1; the gateway's version as a label",
@@ -285,6 +308,9 @@ impl Metrics {
             Box::new(ratelimit_remaining.clone()),
             Box::new(key_cooldowns.clone()),
             Box::new(inflight.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(connections_closed.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric registered once");
@@ -315,6 +341,9 @@ impl Metrics {
             ratelimit_remaining,
             key_cooldowns,
             inflight,
+            connections_open,
+            connections_refused,
+            connections_closed,
             state_source: OnceLock::new(),
             scrape: parking_lot::Mutex::new(()),
             counted: parking_lot::Mutex::new(state::Counted::default()),

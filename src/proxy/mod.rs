@@ -22,6 +22,7 @@ mod audit;
 pub mod body;
 mod call;
 mod ctx;
+mod error_text;
 pub mod errors;
 pub mod headers;
 mod intake;
@@ -112,6 +113,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        crate::connections::header_read();
         RequestCtx::new(self.runtime.load_full(), self.drain.enter())
     }
 
@@ -263,6 +265,7 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let e = upstream_flow::on_connect_failure(ctx, e);
         self.count_attempt(ctx, "connect_error", e.retry());
+        tracing::debug!(request_id = %ctx.request_id, error = %error_text::Safe(&e), retry = e.retry(), "upstream connection failed");
         e
     }
 
@@ -279,6 +282,7 @@ impl ProxyHttp for Gateway {
         if ctx.attempts() > 0 && !ctx.attempt_counted {
             self.count_attempt(ctx, "error", e.retry());
         }
+        tracing::debug!(request_id = %ctx.request_id, error = %error_text::Safe(&e), retry = e.retry(), "upstream exchange failed");
         e
     }
 
@@ -295,12 +299,14 @@ impl ProxyHttp for Gateway {
         ctx.timer = None;
         match &gerr {
             Some(GatewayError::Internal) => {
-                tracing::error!(request_id = %ctx.request_id, error = %e, "request failed inside the gateway")
+                tracing::error!(request_id = %ctx.request_id, error = %error_text::Safe(e), "request failed inside the gateway")
             }
             Some(g) => {
-                tracing::debug!(request_id = %ctx.request_id, error = %e, code = g.code(), "request failed")
+                tracing::debug!(request_id = %ctx.request_id, error = %error_text::Safe(e), code = g.code(), "request failed")
             }
-            None => tracing::debug!(request_id = %ctx.request_id, error = %e, "client went away"),
+            None => {
+                tracing::debug!(request_id = %ctx.request_id, error = %error_text::Safe(e), "client went away")
+            }
         }
         let code = match gerr {
             Some(gerr) if !response_started(session) => {
@@ -333,9 +339,22 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
-        // Errors the gateway turned into a response are in the access log already.
-        ctx.error_code.is_some()
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
+        // `fail_to_proxy` logged the error already, without the raw bytes Pingora's own line
+        // would quote (see `error_text`), and the access log has the request.
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _e: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // A failed attempt that will be retried: logged by `error_while_proxy` and
+        // `fail_to_connect`, without raw bytes.
+        true
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {

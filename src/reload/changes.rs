@@ -130,6 +130,18 @@ fn live_settings(old: &Config, new: &Config) -> Vec<String> {
         o.body_read_timeout_seconds == n.body_read_timeout_seconds,
     );
     check(
+        "server.header_read_timeout_seconds",
+        o.header_read_timeout_seconds == n.header_read_timeout_seconds,
+    );
+    check(
+        "server.keepalive_timeout_seconds",
+        o.keepalive_timeout_seconds == n.keepalive_timeout_seconds,
+    );
+    check(
+        "server.max_connections",
+        o.max_connections == n.max_connections,
+    );
+    check(
         "server.models_max_age_seconds",
         o.models_max_age_seconds == n.models_max_age_seconds,
     );

@@ -120,6 +120,11 @@ impl Runtime {
             mode: *mode,
             max_body_bytes: server.max_body_bytes,
             body_read_timeout: Duration::from_secs(server.body_read_timeout_seconds),
+            connections: crate::connections::Limits {
+                max_connections: server.max_connections,
+                header_read_timeout: Duration::from_secs(server.header_read_timeout_seconds),
+                keepalive_timeout: Duration::from_secs(server.keepalive_timeout_seconds),
+            },
             models_max_age_seconds: server.models_max_age_seconds,
             registry,
             providers,

@@ -28,6 +28,9 @@ pub struct Runtime {
     pub mode: Mode,
     pub max_body_bytes: u64,
     pub body_read_timeout: Duration,
+    /// `server.max_connections`, `server.header_read_timeout_seconds`,
+    /// `server.keepalive_timeout_seconds`.
+    pub connections: crate::connections::Limits,
     pub models_max_age_seconds: u64,
     pub registry: Registry,
     pub providers: Vec<Provider>,

@@ -33,6 +33,9 @@ const EXPECTED: &[&str] = &[
     "ultra_config_reloads_total",
     "ultra_config_generation",
     "ultra_config_last_reload_success_timestamp_seconds",
+    "ultra_connections_open",
+    "ultra_connections_refused_total",
+    "ultra_connections_closed_total",
 ];
 
 /// docs/operations.md's metrics reference lists exactly the metrics above.

@@ -563,7 +563,11 @@ tests:
         values: '0x10 5+5x5'
       - series: 'ultra_access_log_dropped_total{job="g",instance="a"}'
         values: '0x10 5+5x5'
+      - series: 'ultra_connections_refused_total{job="g",instance="a"}'
+        values: '0x10 3+3x5'
     alert_rule_test:
+      - eval_time: 9m
+        alertname: UltraGatewayConnectionsRefused
       - eval_time: 9m
         alertname: UltraGatewayQuotaStoreErrors
       - eval_time: 9m
@@ -584,6 +588,10 @@ tests:
           - exp_labels: {job: g, instance: a, severity: critical}
       - eval_time: 13m
         alertname: UltraGatewayAccessLogLinesDropped
+        exp_alerts:
+          - exp_labels: {job: g, instance: a, severity: warning}
+      - eval_time: 13m
+        alertname: UltraGatewayConnectionsRefused
         exp_alerts:
           - exp_labels: {job: g, instance: a, severity: warning}
 
