@@ -62,7 +62,13 @@ pub fn probe(body: &[u8]) -> Result<Probe<'_>, ProbeError> {
             "the body must be a JSON object".into(),
         ));
     }
-    let raw: RawProbe = serde_json::from_slice(body).map_err(|e| {
+    // JSON text is UTF-8 (RFC 8259 §8.1), but serde skips the fields it does not read without
+    // looking at their bytes: invalid UTF-8 in a message would reach the provider. Checked
+    // here, the body can then be read as a `str`, which spares serde its own checks.
+    let body = std::str::from_utf8(body).map_err(|e| {
+        ProbeError::InvalidJson(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
+    })?;
+    let raw: RawProbe = serde_json::from_str(body).map_err(|e| {
         let msg = e.to_string();
         if msg.starts_with("invalid type") {
             ProbeError::InvalidJson("the body must be a JSON object".into())
@@ -252,6 +258,27 @@ mod tests {
         assert_eq!(p.model, "gpt-4o");
         assert!(p.stream);
         assert!(!probe(br#"{"model":"m","stream":"true"}"#).unwrap().stream);
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_is_invalid_json() {
+        let mut body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi "#.to_vec();
+        body.extend_from_slice(&[0xff, 0xfe]);
+        body.extend_from_slice(br#""}]}"#);
+        assert_eq!(
+            probe(&body),
+            Err(ProbeError::InvalidJson("invalid UTF-8 at byte 59".into()))
+        );
+        // A truncated multi-byte character, and an overlong encoding of '/'.
+        assert!(probe(b"{\"model\":\"m\",\"x\":\"\xe2\x82\"}").is_err());
+        assert!(probe(b"{\"model\":\"m\",\"x\":\"\xc0\xaf\"}").is_err());
+        // Valid multi-byte text is fine.
+        assert_eq!(
+            probe("{\"model\":\"m\",\"x\":\"h\u{e9}llo \u{1F600}\"}".as_bytes())
+                .unwrap()
+                .model,
+            "m"
+        );
     }
 
     #[test]

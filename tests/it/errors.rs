@@ -63,6 +63,33 @@ async fn request_errors() {
         "invalid_json",
     )
     .await;
+    // Invalid UTF-8 inside a string the gateway does not read itself (issue 13, finding 9).
+    let mut bad = br#"{"model":"mini","messages":[{"role":"user","content":"caf"#.to_vec();
+    bad.extend_from_slice(&[0xe9, b'"', b'}', b']', b'}']);
+    let (_, v) = expect_error(
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_request_error",
+        "invalid_json",
+    )
+    .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid UTF-8 at byte 57"),
+        "{v}"
+    );
+    assert!(
+        up.received().iter().all(|r| r.is_probe()),
+        "a request reached the provider"
+    );
     let (_, v) = expect_error(
         post(r#"{"messages":[]}"#).await.unwrap(),
         400,
