@@ -30,6 +30,9 @@ pub enum GatewayError {
         suggestions: Vec<String>,
     },
     UnknownEndpoint,
+    /// The request's headers make it one a proxy must not pass on (HTTP/1.1 without `Host`,
+    /// `Host` named in `Connection`).
+    InvalidHeader(&'static str),
     MethodNotAllowed {
         allow: &'static str,
     },
@@ -83,6 +86,7 @@ impl GatewayError {
             | GatewayError::InvalidQuery(_)
             | GatewayError::InvalidRequest(_)
             | GatewayError::MissingModel(_)
+            | GatewayError::InvalidHeader(_)
             | GatewayError::MalformedBody => 400,
             GatewayError::BodyTimeout { .. } => 408,
             GatewayError::ModelNotFound { .. }
@@ -122,6 +126,7 @@ impl GatewayError {
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::RequestTooLarge { .. }
             | GatewayError::MalformedBody
+            | GatewayError::InvalidHeader(_)
             | GatewayError::BodyTimeout { .. } => "invalid_request_error",
             GatewayError::ModelsForbidden(_) => "permission_error",
             GatewayError::BadUpstream { .. }
@@ -155,6 +160,7 @@ impl GatewayError {
             GatewayError::MissingModel(_) => "missing_model",
             GatewayError::ModelNotFound { .. } => "model_not_found",
             GatewayError::UnknownEndpoint => "unknown_endpoint",
+            GatewayError::InvalidHeader(_) => "invalid_header",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::RequestTooLarge { .. } => "request_too_large",
             GatewayError::MalformedBody => "invalid_body",
@@ -214,6 +220,7 @@ impl GatewayError {
                 }
             }
             GatewayError::UnknownEndpoint => unknown_endpoint_message(),
+            GatewayError::InvalidHeader(why) => format!("The request's headers are not valid: {why}."),
             GatewayError::MethodNotAllowed { allow } => format!("This path only accepts {allow}."),
             GatewayError::RequestTooLarge { limit } => {
                 format!("The request body is larger than this gateway accepts ({limit} bytes).")
@@ -274,6 +281,7 @@ impl GatewayError {
             | GatewayError::UnknownModels { .. }
             | GatewayError::ModelsForbidden(_)
             | GatewayError::UnknownEndpoint
+            | GatewayError::InvalidHeader(_)
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::RequestTooLarge { .. }
             | GatewayError::MalformedBody
@@ -314,6 +322,7 @@ impl GatewayError {
             | GatewayError::UnknownModels { .. }
             | GatewayError::ModelsForbidden(_)
             | GatewayError::UnknownEndpoint
+            | GatewayError::InvalidHeader(_)
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::RequestTooLarge { .. }
             | GatewayError::MalformedBody

@@ -20,6 +20,44 @@ pub fn head(session: &Session) -> Head<'_> {
     }
 }
 
+/// What the request's framing headers say. Pingora reads the first `Connection` header only;
+/// the others count too (RFC 9110 §5.3: repeated fields form one list).
+pub struct Framing {
+    /// Why a proxy cannot pass the request on at all, if it cannot: HTTP/1.1 requires `Host`
+    /// (RFC 9112 §3.2), and `Connection` names hop-by-hop fields, which `Host` is not (RFC 9110
+    /// §7.6.1): a proxy that obeyed would send a request without one.
+    pub problem: Option<&'static str>,
+    /// A `Connection: close` that Pingora did not see (in a later `Connection` header).
+    pub close: bool,
+}
+
+pub fn framing(req: &pingora::http::RequestHeader) -> Framing {
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+        return Framing {
+            problem: Some("HTTP/1.1 requires a Host header"),
+            close: true,
+        };
+    }
+    let mut framing = Framing {
+        problem: None,
+        close: false,
+    };
+    for name in req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+    {
+        let name = name.trim_ascii();
+        if name.eq_ignore_ascii_case(b"host") {
+            framing.problem = Some("the Connection header names Host, which a proxy must pass on");
+        } else if name.eq_ignore_ascii_case(b"close") {
+            framing.close = true;
+        }
+    }
+    framing
+}
+
 /// `X-Test-Mode: true`, honoured in development only.
 pub fn test_mode(session: &Session, rt: &Runtime) -> bool {
     rt.mode == Mode::Development

@@ -126,6 +126,13 @@ impl ProxyHttp for Gateway {
         if parent_caller.is_none() {
             ctx.request_id = headers::request_id(session.req_header());
             ctx.client = intake::client_addr(session, &ctx.rt);
+            let framing = intake::framing(session.req_header());
+            if framing.close {
+                session.set_keepalive(None);
+            }
+            if let Some(why) = framing.problem {
+                return respond::error(session, ctx, GatewayError::InvalidHeader(why)).await;
+            }
         }
         let Some(path) = crate::endpoints::normalize(session.req_header().uri.path()) else {
             return respond::error(session, ctx, GatewayError::UnknownEndpoint).await;

@@ -15,6 +15,7 @@ mod doc_links;
 mod docs;
 mod errors;
 mod headers;
+mod http_framing;
 mod local_endpoints;
 mod metrics;
 mod mock_provider;
