@@ -54,6 +54,11 @@ pub struct RequestCtx {
     /// The provider and key index of the last attempt (its use today is counted per key).
     pub(super) last_key: Option<(crate::registry::ProviderIdx, usize)>,
     pub(super) upstream_sent: Option<Instant>,
+    /// When the current attempt began (its peer chosen): what follows, connecting included, is
+    /// time spent on the upstream, until the attempt ends (see `end_attempt`).
+    pub(super) attempt_started: Option<Instant>,
+    /// Time spent on upstream attempts that ended, failed ones included.
+    pub(super) upstream_spent: std::time::Duration,
     pub(super) upstream_header: Option<Instant>,
     pub(super) upstream_done: Option<Instant>,
     pub(super) response: ResponseWatch,
@@ -108,6 +113,8 @@ impl RequestCtx {
             last_key_id: None,
             last_key: None,
             upstream_sent: None,
+            attempt_started: None,
+            upstream_spent: std::time::Duration::ZERO,
             upstream_header: None,
             upstream_done: None,
             response: ResponseWatch::default(),
@@ -129,6 +136,14 @@ impl RequestCtx {
     }
 
     /// The provider that served (or last tried to serve) this request.
+    /// Ends the current attempt at `end`, if one is running: its time is added to
+    /// `upstream_spent` and returned.
+    pub(super) fn end_attempt(&mut self, end: Instant) -> Option<std::time::Duration> {
+        let spent = end.saturating_duration_since(self.attempt_started.take()?);
+        self.upstream_spent += spent;
+        Some(spent)
+    }
+
     pub(super) fn provider_name(&self) -> Option<&str> {
         self.last_provider
             .as_deref()

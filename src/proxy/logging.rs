@@ -24,11 +24,13 @@ impl Gateway {
         let client_gone = ctx.error_code == Some(CLIENT_CLOSED);
         upstream_flow::finish(ctx, status, client_gone, ctx.stream_broken);
         let elapsed = ctx.started.elapsed();
-        let upstream = ctx
-            .upstream_sent
-            .zip(ctx.upstream_done.or(ctx.upstream_header))
-            .map(|(s, e)| e.duration_since(s));
-        self.record_metrics(ctx, status, elapsed, upstream);
+        // The answering attempt ends with its response (or now, if it never completed).
+        let end = ctx
+            .upstream_done
+            .or(ctx.upstream_header)
+            .unwrap_or_else(Instant::now);
+        self.end_attempt(ctx, end);
+        self.record_metrics(ctx, status, elapsed);
         let bytes_in = session.body_bytes_read();
         let charged = charge(ctx, bytes_in as u64);
         if let Some(c) = &charged {
@@ -87,13 +89,7 @@ impl Gateway {
             .record_charge(model_label(ctx), provider, &c.tokens, c.micro_usd);
     }
 
-    fn record_metrics(
-        &self,
-        ctx: &RequestCtx,
-        status: u16,
-        elapsed: Duration,
-        upstream: Option<Duration>,
-    ) {
+    fn record_metrics(&self, ctx: &RequestCtx, status: u16, elapsed: Duration) {
         let buf = itoa_status(status);
         let status_label = std::str::from_utf8(&buf).unwrap_or("0");
         let m = &self.metrics;
@@ -122,17 +118,9 @@ impl Gateway {
         m.request_duration
             .with_label_values(&[&*ctx.endpoint])
             .observe(elapsed.as_secs_f64());
-        // The provider that answered (after a fallback, not the route's first target).
-        if let (Some(u), Some(provider)) = (upstream, ctx.provider_name()) {
-            m.upstream_duration
-                .with_label_values(&[provider])
-                .observe(u.as_secs_f64());
-        }
-        m.overhead.observe(
-            elapsed
-                .saturating_sub(upstream.unwrap_or_default())
-                .as_secs_f64(),
-        );
+        // Every attempt's time, failed and timed-out ones included, is the upstream's.
+        m.overhead
+            .observe(elapsed.saturating_sub(ctx.upstream_spent).as_secs_f64());
     }
 }
 

@@ -176,6 +176,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.attempt_counted = false;
+        // A previous attempt that no failure hook ended (none should be left) ends here.
+        self.end_attempt(ctx, Instant::now());
         upstream_flow::next_peer(ctx)
     }
 
@@ -270,6 +272,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
+        self.end_attempt(ctx, Instant::now());
         let e = upstream_flow::on_connect_failure(ctx, e);
         self.count_attempt(ctx, "connect_error", e.retry());
         tracing::debug!(request_id = %ctx.request_id, error = %error_text::Safe(&e), retry = e.retry(), "upstream connection failed");
@@ -284,6 +287,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        self.end_attempt(ctx, Instant::now());
         let written = response_started(session);
         let e = upstream_flow::on_proxy_error(ctx, e, written, client_reused);
         if ctx.attempts() > 0 && !ctx.attempt_counted {
@@ -469,6 +473,19 @@ impl Gateway {
     }
 
     /// One upstream attempt's outcome, and a retry when another attempt follows it.
+    /// Ends the current upstream attempt at `end` (see `RequestCtx::end_attempt`) and records
+    /// its duration, whatever its outcome: a timed-out attempt is time spent on the provider,
+    /// not gateway overhead.
+    fn end_attempt(&self, ctx: &mut RequestCtx, end: Instant) {
+        if let Some(spent) = ctx.end_attempt(end) {
+            let provider = ctx.provider_name().unwrap_or("unknown");
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[provider])
+                .observe(spent.as_secs_f64());
+        }
+    }
+
     fn count_attempt(&self, ctx: &mut RequestCtx, outcome: &str, retried: bool) {
         ctx.attempt_counted = true;
         let provider = ctx.provider_name().unwrap_or("unknown");

@@ -45,6 +45,7 @@ pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     ctx.upstream_sent = None;
     ctx.upstream_header = None;
     ctx.upstream_done = None;
+    ctx.attempt_started = Some(Instant::now());
     ctx.last_backend = Some(attempt.backend.addr);
     ctx.last_key_id = attempt.key.as_ref().map(|(_, k)| k.id.clone());
     ctx.last_key = attempt.key.as_ref().map(|(i, _)| (attempt.provider, *i));

@@ -220,3 +220,34 @@ async fn slow_provider_is_504_upstream_timeout() {
     let r = gw.chat("gpt-4o").await;
     expect_error(r, 504, "upstream_error", "upstream_timeout").await;
 }
+
+/// Time spent waiting on attempts that timed out is the provider's, not gateway overhead, and
+/// each such attempt is in the upstream-duration histogram (issue 13, finding 11).
+#[tokio::test]
+async fn timed_out_attempts_count_as_upstream_time_not_overhead() {
+    let up = MockUpstream::start(|_| Reply::Hang).await;
+    let cfg = openai_config(&up.url()).replace(
+        "    keys:",
+        "    timeouts: { first_byte_ms: 400, between_chunks_ms: 400 }\n    keys:",
+    );
+    let gw = TestGateway::start(&cfg);
+    let r = gw.chat("gpt-4o").await;
+    expect_error(r, 504, "upstream_error", "upstream_timeout").await;
+    let text = gw.get("/metrics").await.text().await.unwrap();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    };
+    // A first-byte timeout is not retried (the provider may be working on it): one attempt
+    // that waited ~0.4 s.
+    let attempts = value("ultra_upstream_duration_seconds_count{provider=\"up\"}");
+    let waited = value("ultra_upstream_duration_seconds_sum{provider=\"up\"}");
+    assert_eq!(attempts, 1.0, "{text}");
+    assert!(waited >= 0.38, "upstream time {waited}");
+    // The request's overhead is what is left: milliseconds, not the 0.4 s of waiting.
+    let count = value("ultra_gateway_overhead_seconds_count");
+    let under_100ms = value("ultra_gateway_overhead_seconds_bucket{le=\"0.1\"}");
+    assert!(count >= 1.0);
+    assert_eq!(under_100ms, count, "overhead over 100 ms:\n{text}");
+}
