@@ -304,7 +304,10 @@ enum Served<T> {
 /// Polls one request's processing; ends it (dropping the connection) if its header is not read
 /// within `limit`. Once the header is read, the deadline is not looked at again.
 async fn header_deadline<F: Future + Unpin>(mut request: F, limit: Duration) -> Served<F::Output> {
-    let deadline = pingora::time::fast_timeout::fast_sleep(limit);
+    let started = Instant::now();
+    // Made only when the header is not read at the first poll: a kept-alive client's header
+    // usually arrives in one piece, and then no timer is registered at all.
+    let deadline = None;
     let mut deadline = pin!(deadline);
     let mut watching = true;
     std::future::poll_fn(|cx: &mut Context<'_>| {
@@ -318,8 +321,18 @@ async fn header_deadline<F: Future + Unpin>(mut request: F, limit: Duration) -> 
         if let Poll::Ready(out) = polled {
             return Poll::Ready(Served::Done(out, !watching));
         }
-        if watching && deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Served::HeaderTimedOut);
+        if watching {
+            if deadline.is_none() {
+                let left = limit.saturating_sub(started.elapsed());
+                deadline.set(Some(pingora::time::fast_timeout::fast_sleep(left)));
+            }
+            let due = deadline
+                .as_mut()
+                .as_pin_mut()
+                .is_some_and(|d| d.poll(cx).is_ready());
+            if due {
+                return Poll::Ready(Served::HeaderTimedOut);
+            }
         }
         Poll::Pending
     })
