@@ -15,6 +15,16 @@ use ultra_gateway::{auth, config, embedded, runtime::Runtime, server, signals};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Starts jemalloc's background thread, which returns freed pages to the system after its decay
+/// time (10 s). Without it jemalloc purges only while the process allocates: after 3,000 slow
+/// connections were cut, an idle gateway kept 128 MiB resident instead of going back to about
+/// 20 MiB (issue 13; Redis enables the same thread by default).
+fn return_freed_memory() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("ultra-gateway: cannot start jemalloc's background thread ({e}); freed memory is returned to the system only while the gateway allocates");
+    }
+}
+
 const DEFAULT_CONFIG: &str = "conf/ultra.yaml";
 
 #[derive(Parser)]
@@ -156,6 +166,7 @@ fn load(source: &Source) -> Result<config::Config, config::ConfigErrors> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    return_freed_memory();
     let signals = match signals::install() {
         Ok(s) => s,
         Err(e) => {
