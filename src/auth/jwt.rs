@@ -61,6 +61,8 @@ impl std::fmt::Debug for JwtVerifier {
 struct RawHeader {
     alg: Option<String>,
     kid: Option<String>,
+    /// Extensions the verifier must understand (RFC 7515 §4.1.11); it understands none.
+    crit: Option<serde::de::IgnoredAny>,
 }
 
 impl JwtVerifier {
@@ -219,6 +221,11 @@ impl JwtVerifier {
     }
 
     fn claims(&self, claims: &Map<String, Value>) -> Result<Verified, Refusal> {
+        // RFC 7519 §4.1.1: a string. jsonwebtoken takes an array holding the issuer as a match;
+        // a gateway reading `iss` differently from the one behind it must not let it through.
+        if claims.get("iss").is_some_and(|iss| !iss.is_string()) {
+            return Err(Refusal::IssuerNotString);
+        }
         let subject = match lookup(claims, &self.subject_path) {
             Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
             _ => return Err(Refusal::MissingClaims),
@@ -243,7 +250,8 @@ impl JwtVerifier {
     }
 }
 
-/// Reads `alg` and `kid` from the token header without trusting anything else in it.
+/// Reads `alg` and `kid` from the token header without trusting anything else in it, and
+/// refuses a header that asks for an extension (`crit`).
 fn read_header(token: &str) -> Result<(Algorithm, Option<String>), Refusal> {
     let mut parts = token.split('.');
     let (Some(h), Some(_), Some(_), None) =
@@ -258,6 +266,9 @@ fn read_header(token: &str) -> Result<(Algorithm, Option<String>), Refusal> {
     let alg = header.alg.ok_or(Refusal::MalformedToken)?;
     if alg.eq_ignore_ascii_case("none") {
         return Err(Refusal::AlgNone);
+    }
+    if header.crit.is_some() {
+        return Err(Refusal::CriticalExtension);
     }
     let alg = Algorithm::from_str(&alg).map_err(|_| Refusal::AlgNotAllowed)?;
     Ok((alg, header.kid))

@@ -37,6 +37,9 @@ pub struct Principal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     MissingCredentials,
+    /// More than one credential header (two `Authorization`, two `x-api-key`, or one of each):
+    /// a front proxy that reads another one than the gateway would authorize someone else.
+    AmbiguousCredentials,
     UnsupportedScheme,
     MalformedToken,
     TokenTooLarge,
@@ -47,6 +50,10 @@ pub enum Refusal {
     Expired,
     NotYetValid,
     WrongIssuer,
+    /// `iss` that is not a string (an array, say).
+    IssuerNotString,
+    /// A header naming critical extensions (`crit`), none of which the gateway implements.
+    CriticalExtension,
     WrongAudience,
     MissingClaims,
     /// A JWT sent to a configuration that accepts none.
@@ -66,6 +73,8 @@ pub enum Refusal {
 pub enum RefusalKind {
     /// 401 `missing_credentials`.
     Missing,
+    /// 401 `ambiguous_credentials`.
+    Ambiguous,
     /// 401 `invalid_token`.
     InvalidToken,
     /// 401 `invalid_api_key`.
@@ -81,6 +90,7 @@ impl Refusal {
     pub fn code(self) -> &'static str {
         match self {
             Refusal::MissingCredentials => "missing_credentials",
+            Refusal::AmbiguousCredentials => "ambiguous_credentials",
             Refusal::UnsupportedScheme => "unsupported_scheme",
             Refusal::MalformedToken => "malformed_token",
             Refusal::TokenTooLarge => "token_too_large",
@@ -91,6 +101,8 @@ impl Refusal {
             Refusal::Expired => "expired",
             Refusal::NotYetValid => "not_yet_valid",
             Refusal::WrongIssuer => "wrong_issuer",
+            Refusal::IssuerNotString => "issuer_not_string",
+            Refusal::CriticalExtension => "unsupported_critical_header",
             Refusal::WrongAudience => "wrong_audience",
             Refusal::MissingClaims => "missing_claims",
             Refusal::JwtNotAccepted => "jwt_not_accepted",
@@ -107,6 +119,7 @@ impl Refusal {
     pub fn kind(self) -> RefusalKind {
         match self {
             Refusal::MissingCredentials => RefusalKind::Missing,
+            Refusal::AmbiguousCredentials => RefusalKind::Ambiguous,
             Refusal::InvalidApiKey | Refusal::ApiKeyExpired | Refusal::ApiKeyDisabled => {
                 RefusalKind::InvalidApiKey
             }
@@ -124,6 +137,9 @@ impl Refusal {
             Refusal::MissingCredentials => {
                 "No credentials: send `Authorization: Bearer <token or API key>`."
             }
+            Refusal::AmbiguousCredentials => {
+                "More than one credential: send exactly one `Authorization` or `x-api-key` header."
+            }
             Refusal::UnsupportedScheme => "Only the Bearer authorization scheme is accepted.",
             Refusal::MalformedToken => "The bearer token is not a well-formed JWT.",
             Refusal::TokenTooLarge => "The bearer token is larger than 8 KiB.",
@@ -135,6 +151,10 @@ impl Refusal {
             Refusal::Expired => "The token has expired.",
             Refusal::NotYetValid => "The token is not valid yet.",
             Refusal::WrongIssuer => "The token's issuer is not accepted.",
+            Refusal::IssuerNotString => "The token's issuer (`iss`) must be a string.",
+            Refusal::CriticalExtension => {
+                "The token's header names critical extensions (`crit`) this gateway does not support."
+            }
             Refusal::WrongAudience => "The token is not intended for this gateway (audience).",
             Refusal::MissingClaims => "The token lacks a required claim.",
             Refusal::JwtNotAccepted => "This gateway does not accept JWTs.",
@@ -261,8 +281,13 @@ enum Credential<'a> {
     ApiKey(&'a str),
 }
 
-/// `Authorization: Bearer <jwt | uk_ key>` or `x-api-key: <key>`.
+/// `Authorization: Bearer <jwt | uk_ key>` or `x-api-key: <key>`, exactly one of them.
 fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Refusal> {
+    let presented = headers.get_all(http::header::AUTHORIZATION).iter().count()
+        + headers.get_all("x-api-key").iter().count();
+    if presented > 1 {
+        return Err(Refusal::AmbiguousCredentials);
+    }
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
         let v = v.to_str().map_err(|_| Refusal::MalformedToken)?.trim();
         let (scheme, value) = v.split_once(' ').unwrap_or((v, ""));

@@ -102,9 +102,10 @@ impl GatewayError {
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Forbidden => 403,
                 RefusalKind::Unavailable => 503,
-                RefusalKind::Missing | RefusalKind::InvalidToken | RefusalKind::InvalidApiKey => {
-                    401
-                }
+                RefusalKind::Missing
+                | RefusalKind::Ambiguous
+                | RefusalKind::InvalidToken
+                | RefusalKind::InvalidApiKey => 401,
             },
             GatewayError::AuditUnavailable
             | GatewayError::ShuttingDown
@@ -140,6 +141,7 @@ impl GatewayError {
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Forbidden => "permission_error",
                 RefusalKind::Missing
+                | RefusalKind::Ambiguous
                 | RefusalKind::InvalidToken
                 | RefusalKind::InvalidApiKey
                 | RefusalKind::Unavailable => "authentication_error",
@@ -172,6 +174,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Missing => "missing_credentials",
+                RefusalKind::Ambiguous => "ambiguous_credentials",
                 RefusalKind::InvalidToken => "invalid_token",
                 RefusalKind::InvalidApiKey => "invalid_api_key",
                 RefusalKind::Forbidden => "permission_denied",
@@ -265,6 +268,7 @@ impl GatewayError {
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Unavailable => Some(5),
                 RefusalKind::Missing
+                | RefusalKind::Ambiguous
                 | RefusalKind::InvalidToken
                 | RefusalKind::InvalidApiKey
                 | RefusalKind::Forbidden => None,
@@ -310,6 +314,7 @@ impl GatewayError {
             GatewayError::Auth(r) => match r.kind() {
                 RefusalKind::Unavailable => None,
                 RefusalKind::Missing
+                | RefusalKind::Ambiguous
                 | RefusalKind::InvalidToken
                 | RefusalKind::InvalidApiKey
                 | RefusalKind::Forbidden => Some(false),
@@ -361,6 +366,9 @@ impl GatewayError {
             // RFC 6750: no error code when no credentials were sent.
             let challenge = match r.kind() {
                 RefusalKind::Missing => Some("Bearer realm=\"ultra-gateway\""),
+                RefusalKind::Ambiguous => {
+                    Some("Bearer realm=\"ultra-gateway\", error=\"invalid_request\"")
+                }
                 RefusalKind::InvalidToken | RefusalKind::InvalidApiKey => {
                     Some("Bearer realm=\"ultra-gateway\", error=\"invalid_token\"")
                 }

@@ -47,13 +47,11 @@ const STRIPPED_RESPONSE: &[&str] = &["set-cookie", "openai-organization", "opena
 const UPSTREAM_REQUEST_ID: &[&str] = &["x-request-id", "request-id", "apim-request-id"];
 
 /// The client's `x-request-id` when it is a sane token (1-128 of `A-Za-z0-9._:-`), otherwise
-/// a new random id.
+/// a new random id. Two of them are kept neither: logs and the provider would each pick one, and
+/// a correlation id that means two things correlates nothing.
 pub fn request_id(req: &RequestHeader) -> String {
-    if let Some(v) = req
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-    {
+    let mut sent = req.headers.get_all("x-request-id").iter();
+    if let (Some(v), None) = (sent.next().and_then(|v| v.to_str().ok()), sent.next()) {
         if (1..=128).contains(&v.len())
             && v.bytes()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
@@ -133,6 +131,9 @@ mod tests {
         let id = request_id(&req);
         assert_eq!(id.len(), 32);
         req.insert_header("x-request-id", "a".repeat(129)).unwrap();
+        assert_eq!(request_id(&req).len(), 32);
+        req.insert_header("x-request-id", "one").unwrap();
+        req.append_header("x-request-id", "two").unwrap();
         assert_eq!(request_id(&req).len(), 32);
     }
 

@@ -34,6 +34,8 @@ async fn every_kind_of_bad_token_is_refused_with_a_reason() {
     early["nbf"] = json!(now() + 600);
     let mut wrong_iss = good.clone();
     wrong_iss["iss"] = json!("https://evil.test");
+    let mut iss_list = good.clone();
+    iss_list["iss"] = json!([good["iss"].clone(), "https://evil.test"]);
     let mut wrong_aud = good.clone();
     wrong_aud["aud"] = json!("someone-else");
     let mut no_sub = good.clone();
@@ -121,6 +123,28 @@ async fn every_kind_of_bad_token_is_refused_with_a_reason() {
             "wrong issuer",
             sign(Algorithm::HS256, None, &wrong_iss, Signer::Hmac(HS_SECRET)),
             "wrong_issuer",
+        ),
+        (
+            // RFC 7519: a string. jsonwebtoken alone takes a list holding the issuer.
+            "iss as a list holding the issuer",
+            sign(Algorithm::HS256, None, &iss_list, Signer::Hmac(HS_SECRET)),
+            "issuer_not_string",
+        ),
+        (
+            // RFC 7515 §4.1.11: an extension the gateway does not understand is refused; it
+            // understands none, so any `crit` is.
+            "crit header",
+            sign_with_header(
+                &json!({"alg": "HS256", "typ": "JWT", "crit": ["exp-ext"], "exp-ext": 1}),
+                &good,
+                HS_SECRET,
+            ),
+            "unsupported_critical_header",
+        ),
+        (
+            "empty crit header",
+            sign_with_header(&json!({"alg": "HS256", "crit": []}), &good, HS_SECRET),
+            "unsupported_critical_header",
         ),
         (
             "wrong audience",
@@ -585,4 +609,38 @@ async fn a_jwk_verifies_only_the_algorithm_it_names() {
     let ps = sign(Algorithm::PS256, Some("key-a"), &c, Signer::Rsa);
     let r = bearer(&gw, &ps).await;
     assert_eq!(r.status(), 401);
+}
+
+/// Two credential headers: a front proxy that reads the other one would authorize someone
+/// else, so neither is used. Whatever the pair, valid or not, the answer is the same.
+#[tokio::test]
+async fn two_credential_headers_are_refused_as_ambiguous() {
+    let gw = start();
+    let user = hs_token("alice", &["user"]);
+    let admin = hs_token("root", &["admin"]);
+    let pairs = [
+        format!("Authorization: Bearer {user}\r\nAuthorization: Bearer {admin}"),
+        format!("x-api-key: {USER_KEY}\r\nx-api-key: uk_other_key_000000000000000000000000"),
+        format!("Authorization: Bearer {user}\r\nx-api-key: {USER_KEY}"),
+        // The same credential twice is refused too: the rule has no exception to reason about.
+        format!("Authorization: Bearer {user}\r\nAuthorization: Bearer {user}"),
+    ];
+    for pair in pairs {
+        let req =
+            format!("GET /v1/models HTTP/1.1\r\nHost: x\r\n{pair}\r\nConnection: close\r\n\r\n");
+        let r = raw::send(gw.addr, req.as_bytes()).await;
+        assert_eq!(r.status, 401, "{pair}");
+        assert_eq!(r.json()["error"]["code"], "ambiguous_credentials", "{pair}");
+        assert_eq!(r.json()["error"]["type"], "authentication_error");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"ultra-gateway\", error=\"invalid_request\"")
+        );
+        let rid = r.header("x-request-id").unwrap().to_string();
+        let a = gw.audit_entry(&rid).await;
+        assert_eq!(a["reason"], "ambiguous_credentials", "{pair}");
+        assert_eq!(a["outcome"], "deny");
+    }
+    // One of them alone still works.
+    assert_eq!(bearer(&gw, &user).await.status(), 200);
 }

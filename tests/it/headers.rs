@@ -210,3 +210,25 @@ async fn upstream_key_never_reaches_a_client_or_a_log() {
         gw.all_output()
     );
 }
+
+/// Two `x-request-id`s: logs and the provider would each pick one, so neither is kept and the
+/// gateway's own id is used everywhere.
+#[tokio::test]
+async fn two_request_ids_are_replaced_by_a_new_one() {
+    let up = MockUpstream::openai_like().await;
+    let gw = TestGateway::start(&openai_config(&up.url()));
+    let body = r#"{"model":"gpt-4o","messages":[]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-request-id: first\r\nx-request-id: second\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = raw::send(gw.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    let rid = r.header("x-request-id").unwrap().to_string();
+    assert!(
+        rid != "first" && rid != "second" && rid.len() == 32,
+        "{rid}"
+    );
+    assert_eq!(up.single().header("x-request-id"), Some(rid.as_str()));
+    assert_eq!(gw.access_entry(&rid).await["request_id"], rid.as_str());
+}

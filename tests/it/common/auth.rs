@@ -70,6 +70,15 @@ pub fn raw_token(header: &Value, claims: &Value, signature: &str) -> String {
     format!("{}.{}.{signature}", b(header), b(claims))
 }
 
+/// An HS256-signed token with `header` exactly as given (fields `Header` would drop or refuse).
+pub fn sign_with_header(header: &Value, claims: &Value, secret: &str) -> String {
+    let unsigned = raw_token(header, claims, "");
+    let message = unsigned.trim_end_matches('.');
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+    format!("{message}.{signature}")
+}
+
 /// The SHA-256 hex digest of an API key, as `hash-key` prints it.
 pub fn digest(key: &str) -> String {
     use sha2::Digest;
