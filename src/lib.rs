@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod clip;
 pub mod config;
 pub mod connections;
 pub mod embedded;

@@ -172,7 +172,7 @@ impl LineSink {
             return Ok(());
         };
         line.push(b'\n');
-        match tx.try_send(line) {
+        match tx.try_send(crate::clip::cap_line(line)) {
             Err(TrySendError::Full(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(hook) = &self.on_drop {

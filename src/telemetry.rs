@@ -29,7 +29,7 @@ pub fn init(logging: &LoggingSection, mode: Mode) {
         LogFormat::Auto => mode == Mode::Production,
     };
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| CappedStderr)
         .with_target(false);
     let registry = tracing_subscriber::registry()
         .with(filter)
@@ -45,6 +45,21 @@ pub fn init(logging: &LoggingSection, mode: Mode) {
     };
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = result;
+}
+
+/// stderr, with no line over `clip::LINE_MAX_BYTES`: a message can quote what a client or a
+/// provider sent. `tracing`'s formatter hands each line over in one `write`.
+struct CappedStderr;
+
+impl std::io::Write for CappedStderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().write_all(&crate::clip::cap_text_line(line))?;
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Keeps two kinds of Pingora's own lines out of the log:

@@ -6,7 +6,7 @@ use crate::config::AuditOverflow;
 use crate::line_sink::{LineSink, QueueFull};
 use serde::Serialize;
 
-/// One decision.
+/// One decision. Text a caller controls is clipped (see `crate::clip`).
 #[derive(Serialize)]
 pub struct AuditEntry<'a> {
     pub ts: String,
@@ -15,14 +15,20 @@ pub struct AuditEntry<'a> {
     pub outcome: &'static str,
     /// `ok` or the refusal's reason code (`expired`, `bad_signature`, `model_forbidden`, ...).
     pub reason: &'static str,
+    #[serde(serialize_with = "crate::clip::opt_field")]
     pub subject: Option<&'a str>,
+    #[serde(serialize_with = "crate::clip::opt_field")]
     pub key_id: Option<&'a str>,
     /// Roles the caller presented (a token's claim, an API key's configuration).
+    #[serde(serialize_with = "crate::clip::list")]
     pub roles: &'a [String],
     /// `jwt`, `api_key`, `anonymous` or `none`.
     pub method: &'static str,
+    #[serde(serialize_with = "crate::clip::field")]
     pub http_method: &'a str,
+    #[serde(serialize_with = "crate::clip::field")]
     pub path: &'a str,
+    #[serde(serialize_with = "crate::clip::opt_field")]
     pub model: Option<&'a str>,
     pub client: Option<std::net::IpAddr>,
 }

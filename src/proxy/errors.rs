@@ -2,10 +2,14 @@
 //! OpenAI-shaped JSON `{"error":{"message","type","param","code"}}` (DESIGN.md's error table).
 
 use crate::auth::{Refusal, RefusalKind};
+use crate::clip::clip;
 use crate::endpoints::BUILTIN_PROXY_PATHS;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use serde_json::json;
+
+/// Longest part of an error message that quotes the request (a parser's detail), in bytes.
+const DETAIL_MAX_BYTES: usize = 256;
 
 /// An error the gateway answers itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -198,9 +202,11 @@ impl GatewayError {
 
     pub fn message(&self) -> String {
         match self {
-            GatewayError::InvalidJson(detail) => format!("The request body is not valid JSON: {detail}."),
-            GatewayError::InvalidQuery(detail) => format!("The query string is not valid here: {detail}."),
-            GatewayError::InvalidRequest(detail) => format!("{detail}."),
+            // Details can quote what the client sent (serde's "invalid type: string ..."): an
+            // error body is not an echo service.
+            GatewayError::InvalidJson(detail) => format!("The request body is not valid JSON: {}.", clip(detail, DETAIL_MAX_BYTES)),
+            GatewayError::InvalidQuery(detail) => format!("The query string is not valid here: {}.", clip(detail, DETAIL_MAX_BYTES)),
+            GatewayError::InvalidRequest(detail) => format!("{}.", clip(detail, DETAIL_MAX_BYTES)),
             GatewayError::UnknownModels { names, suggestions } => {
                 let shown: Vec<String> = names.iter().map(|n| format!("`{}`", n.chars().take(128).collect::<String>())).collect();
                 if suggestions.is_empty() {

@@ -192,21 +192,29 @@ fn itoa_status(status: u16) -> [u8; 3] {
     ]
 }
 
-/// One access-log line. Never carries a credential: keys appear by id only.
+/// One access-log line. Never carries a credential: keys appear by id only. Text a caller
+/// controls is clipped (see `crate::clip`).
 #[derive(Serialize)]
 pub struct AccessEntry<'a> {
     pub ts: String,
     pub request_id: &'a str,
+    #[serde(serialize_with = "crate::clip::field")]
     pub method: &'a str,
+    #[serde(serialize_with = "crate::clip::field")]
     pub path: &'a str,
     /// Canonical model id the request was routed to.
+    #[serde(serialize_with = "crate::clip::opt_field")]
     pub model: Option<&'a str>,
     /// The `model` the client sent, when it differs from the canonical id.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::clip::opt_field"
+    )]
     pub requested_model: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub backend: Option<std::net::SocketAddr>,
     /// The caller: a token's subject, an API key's id, or `anonymous`.
+    #[serde(serialize_with = "crate::clip::opt_field")]
     pub subject: Option<&'a str>,
     /// The caller's API key id, for key callers.
     pub caller_key_id: Option<&'a str>,

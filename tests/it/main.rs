@@ -17,6 +17,7 @@ mod errors;
 mod headers;
 mod http_framing;
 mod local_endpoints;
+mod log_caps;
 mod metrics;
 mod mock_provider;
 mod observability;
