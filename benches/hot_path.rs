@@ -125,6 +125,59 @@ fn key_pick(c: &mut Criterion) {
     g.finish();
 }
 
+/// Every relayed response's headers are searched for the provider's keys: a typical OpenAI
+/// response header against a ring of three keys.
+fn header_scrub(c: &mut Criterion) {
+    use pingora::http::ResponseHeader;
+    use ultra_gateway::config::{KeyAffinity, ProviderKind};
+    use ultra_gateway::proxy::response_body::scrub_headers;
+    use ultra_gateway::upstream::keys::{KeyRing, KeySource};
+    let keys = (0..3)
+        .map(|i| {
+            (
+                format!("k{i}"),
+                KeySource::Value(format!("sk-proj-bench-key-{i}-0123456789abcdef")),
+            )
+        })
+        .collect();
+    let ring = KeyRing::new(ProviderKind::Openai, KeyAffinity::None, keys, &|_| None).0;
+    let mut resp = ResponseHeader::build(200, None).unwrap();
+    for (n, v) in [
+        ("date", "Thu, 03 Dec 2026 10:00:00 GMT"),
+        ("content-type", "application/json"),
+        ("openai-processing-ms", "412"),
+        ("openai-version", "2020-10-01"),
+        ("x-ratelimit-limit-requests", "10000"),
+        ("x-ratelimit-limit-tokens", "30000000"),
+        ("x-ratelimit-remaining-requests", "9999"),
+        ("x-ratelimit-remaining-tokens", "29999000"),
+        ("x-ratelimit-reset-requests", "6ms"),
+        ("x-ratelimit-reset-tokens", "2ms"),
+        (
+            "x-upstream-request-id",
+            "req_0f8e2c1d9a7b6c5d4e3f2a1b0c9d8e7f",
+        ),
+        (
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains; preload",
+        ),
+        ("cf-cache-status", "DYNAMIC"),
+        ("server", "cloudflare"),
+        ("alt-svc", "h3=\":443\"; ma=86400"),
+    ] {
+        resp.append_header(n, v).unwrap();
+    }
+    c.bench_function("response_header_scrub", |b| {
+        b.iter(|| {
+            let each = |f: &mut dyn FnMut(&ultra_gateway::upstream::keys::ProviderKey)| {
+                ring.for_each_secret(f)
+            };
+            scrub_headers(&mut resp, each, || ring.secrets());
+            black_box(&resp);
+        })
+    });
+}
+
 /// An answer of about `size` bytes, its usage at the end (where providers put it).
 fn answer(size: usize) -> Bytes {
     let text = "word ".repeat(size.saturating_sub(220) / 5);
@@ -198,6 +251,7 @@ criterion_group!(
     resolution,
     role_check,
     breaker,
+    header_scrub,
     key_pick,
     body_model,
     json_usage,

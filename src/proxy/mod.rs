@@ -33,7 +33,7 @@ pub mod model_field;
 mod policy;
 mod provider_health;
 mod respond;
-mod response_body;
+pub mod response_body;
 mod subrequest;
 mod timers;
 mod upstream_flow;

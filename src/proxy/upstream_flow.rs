@@ -160,7 +160,12 @@ pub fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()
             if status < 500 {
                 backend.record_latency(started.elapsed());
             }
-            // Only error bodies are scrubbed: the ring's secrets are not copied for the rest.
+            // Headers of every response are scrubbed of keys; bodies of error responses only
+            // (a model's answer is the caller's data), so the ring's secrets are copied for
+            // those alone.
+            let keys = &provider.keys;
+            let each = |f: &mut dyn FnMut(&ProviderKey)| keys.for_each_secret(f);
+            super::response_body::scrub_headers(resp, each, || keys.secrets());
             let secrets = if status >= 400 {
                 provider.keys.secrets()
             } else {

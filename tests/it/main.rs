@@ -16,6 +16,7 @@ mod docs;
 mod errors;
 mod headers;
 mod http_framing;
+mod key_scrub;
 mod local_endpoints;
 mod log_caps;
 mod metrics;

@@ -1,7 +1,7 @@
 //! Watching provider responses on their way to the client, without holding streams back:
 //! in-band SSE error events (they count against the backend's breaker; framing in `sse`), and
-//! provider error bodies that echo a key, scrubbed before they reach the client or a log
-//! (`scrub`). `sse::error_event` ends a stream that broke after its first byte.
+//! provider keys echoed in error bodies or in headers, scrubbed before they reach the client or
+//! a log (`scrub`). `sse::error_event` ends a stream that broke after its first byte.
 
 mod scrub;
 mod sse;
@@ -12,7 +12,8 @@ use crate::upstream::keys::ProviderKey;
 use crate::usage::{Dialect, UsageMeter};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use scrub::{Collected, ErrorBody};
+pub use scrub::scrub_headers;
+use scrub::ErrorBody;
 use sse::LineHeads;
 use std::sync::Arc;
 
@@ -36,10 +37,10 @@ pub struct ResponseWatch {
 }
 
 impl ResponseWatch {
-    /// Looks at the response header. Error responses are collected and scrubbed, so their
-    /// length may change: `Content-Length` goes (the client gets a chunked body). A successful
-    /// one is metered for usage (`dialect`); `hide_usage` takes out a stream's usage chunk that
-    /// the gateway asked for, which changes the length too.
+    /// Looks at the response header. Error responses are scrubbed of keys as they pass, so
+    /// their length may change: `Content-Length` goes (the client gets a chunked body). A
+    /// successful one is metered for usage (`dialect`); `hide_usage` takes out a stream's usage
+    /// chunk that the gateway asked for, which changes the length too.
     pub fn start(
         &mut self,
         resp: &mut ResponseHeader,
@@ -49,7 +50,7 @@ impl ResponseWatch {
     ) {
         self.sse = is_event_stream(resp);
         let status = resp.status.as_u16();
-        if status >= 400 && !self.sse {
+        if status >= 400 {
             resp.remove_header(&http::header::CONTENT_LENGTH);
             self.scrub = Some(ErrorBody::new(secrets));
         }
@@ -79,24 +80,15 @@ impl ResponseWatch {
             }
         }
         if self.sse {
-            if let (Some(b), false) = (body, self.error_event) {
+            if let (Some(b), false) = (&*body, self.error_event) {
                 self.error_event = self.lines.feed(b, |head| {
                     SSE_ERROR_LINES.iter().any(|m| head.starts_with(m))
                 });
             }
-            return;
         }
-        let Some(collecting) = &mut self.scrub else {
-            return;
-        };
-        *body = match collecting.collect(body.take(), end_of_stream) {
-            Collected::Holding => Some(Bytes::new()),
-            Collected::Done(scrubbed) => Some(scrubbed),
-            Collected::TooLarge(held) => {
-                self.scrub = None;
-                Some(held)
-            }
-        };
+        if let Some(scrubbing) = &mut self.scrub {
+            *body = Some(scrubbing.pass(body.take(), end_of_stream));
+        }
     }
 }
 
@@ -113,7 +105,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn error_bodies_are_collected_then_scrubbed() {
+    fn error_bodies_are_scrubbed_as_they_pass() {
         let mut resp = ResponseHeader::build(400, None).unwrap();
         resp.insert_header("content-type", "application/json")
             .unwrap();
@@ -123,10 +115,11 @@ mod tests {
         assert!(resp.headers.get("content-length").is_none());
         let mut first = Some(Bytes::from_static(b"{\"m\":\"key sk-abcdef"));
         w.chunk(&mut first, false);
-        assert_eq!(first.as_deref(), Some(&b""[..]));
+        // What cannot be part of a key goes on; the key's start waits for its end.
+        assert_eq!(first.as_deref(), Some(&b"{\"m\":\"key "[..]));
         let mut last = Some(Bytes::from_static(b"ghij\"}"));
         w.chunk(&mut last, true);
-        assert_eq!(last.as_deref(), Some(&b"{\"m\":\"key sk-***\"}"[..]));
+        assert_eq!(last.as_deref(), Some(&b"sk-***\"}"[..]));
     }
 
     #[test]

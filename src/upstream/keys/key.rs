@@ -14,8 +14,21 @@ pub struct ProviderKey {
     pub id: Arc<str>,
     header: HeaderName,
     value: HeaderValue,
-    /// The bare secret, to scrub it from provider error bodies.
+    /// The bare secret, to scrub it from what providers send back.
     secret: SecretText,
+    /// A searcher for the secret, built once: every relayed response's headers are searched.
+    finder: SecretFinder,
+}
+
+/// The secret's searcher; its `Debug` prints nothing (the searcher's own would print the
+/// needle).
+#[derive(Clone)]
+struct SecretFinder(Arc<memchr::memmem::Finder<'static>>);
+
+impl std::fmt::Debug for SecretFinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<finder>")
+    }
 }
 
 /// A secret string whose `Debug` prints nothing.
@@ -51,7 +64,15 @@ impl ProviderKey {
             header,
             value,
             secret: SecretText(Arc::from(secret)),
+            finder: SecretFinder(Arc::new(
+                memchr::memmem::Finder::new(secret.as_bytes()).into_owned(),
+            )),
         })
+    }
+
+    /// Whether `text` holds the secret.
+    pub fn found_in(&self, text: &[u8]) -> bool {
+        text.len() >= self.secret.0.len() && self.finder.0.find(text).is_some()
     }
 
     pub fn secret(&self) -> &str {

@@ -375,7 +375,17 @@ impl KeyRing {
         st.cooldowns[1] += 1;
     }
 
-    /// The current secret values (to scrub them from provider error bodies).
+    /// Calls `f` with each current secret value, without copying the ring: every relayed
+    /// response's headers are searched for them.
+    pub fn for_each_secret(&self, mut f: impl FnMut(&ProviderKey)) {
+        for s in &self.slots {
+            if let Some(k) = s.key.load().as_ref() {
+                f(k);
+            }
+        }
+    }
+
+    /// The current secret values (to scrub them from what a provider sends back).
     pub fn secrets(&self) -> Vec<Arc<ProviderKey>> {
         self.slots
             .iter()
