@@ -14,6 +14,7 @@ mod deploy;
 mod doc_links;
 mod docs;
 mod errors;
+mod faults;
 mod headers;
 mod http_framing;
 mod key_scrub;
