@@ -1,6 +1,8 @@
 //! A JSON-lines writer that keeps file and pipe I/O off the request path: lines go through a
-//! bounded queue to a dedicated thread. When the queue is full the line is refused and counted,
-//! so a slow disk or a stalled stdout reader can never stall a request.
+//! bounded queue to a dedicated thread. When the queue is full, or the destination refuses
+//! writes (a full disk), the line is refused and counted, so a slow or full disk or a stalled
+//! stdout reader can never stall a request, and the audit log's `reject` policy can refuse
+//! requests that would go unaudited.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -24,13 +26,53 @@ pub struct LineSink {
     tx: Option<SyncSender<Vec<u8>>>,
     /// Flush requests the writer has carried out (see `flush`).
     flushed: Arc<AtomicU64>,
-    dropped: Arc<AtomicU64>,
+    lost: Arc<Lost>,
     reopen: Arc<AtomicBool>,
-    on_drop: Option<DropHook>,
 }
 
 /// Called once per dropped line (to feed a metric).
 pub type DropHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Lines lost, to a full queue or to a destination that refuses writes, shared by the request
+/// side and the writer thread.
+#[derive(Default)]
+struct Lost {
+    count: AtomicU64,
+    hook: std::sync::OnceLock<DropHook>,
+    /// The last write or flush failed (a full disk, `/dev/full`, a closed pipe) and no later
+    /// one succeeded: new lines are refused, as with a full queue, until the writer's retry
+    /// of what it holds goes through.
+    failing: AtomicBool,
+}
+
+impl Lost {
+    fn one(&self, why: &str) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(hook) = self.hook.get() {
+            hook();
+        }
+        // Say so, without flooding the log that is itself backed up.
+        if n == 1 || n.is_multiple_of(10_000) {
+            tracing::error!(dropped = n, "{why}: lines dropped");
+        }
+    }
+
+    /// Notes the outcome of a write or flush.
+    fn write_result(&self, r: io::Result<()>) {
+        match r {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("log destination writable again");
+                }
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "cannot write to a log destination; its lines are dropped until it takes writes again");
+                }
+            }
+        }
+    }
+}
 
 /// Why a line was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,14 +112,14 @@ impl LineSink {
         queue_lines: usize,
     ) -> io::Result<LineSink> {
         let reopen = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(Lost::default());
         let dest = match dest {
             "off" => {
                 return Ok(LineSink {
                     tx: None,
                     flushed: Arc::default(),
-                    dropped: Arc::default(),
+                    lost,
                     reopen,
-                    on_drop: None,
                 })
             }
             "stdout" => Dest::Stdout,
@@ -89,10 +131,17 @@ impl LineSink {
         let flag = reopen.clone();
         let flushed = Arc::new(AtomicU64::new(0));
         let done = flushed.clone();
+        let losses = lost.clone();
         std::thread::Builder::new()
             .name(thread_name.into())
             .spawn(move || {
                 let mut out = io::BufWriter::new(first);
+                let write = |out: &mut io::BufWriter<Box<dyn Write + Send>>, line: &[u8]| {
+                    if let Err(e) = out.write_all(line) {
+                        losses.write_result(Err(e));
+                        losses.one("cannot write to the log destination");
+                    }
+                };
                 loop {
                     if flag.swap(false, Ordering::AcqRel) {
                         let _ = out.flush();
@@ -108,11 +157,11 @@ impl LineSink {
                         match rx.try_recv() {
                             // An empty line is a flush request (see `flush`).
                             Ok(line) if line.is_empty() => {
-                                let _ = out.flush();
+                                losses.write_result(out.flush());
                                 done.fetch_add(1, Ordering::AcqRel);
                             }
                             Ok(line) => {
-                                let _ = out.write_all(&line);
+                                write(&mut out, &line);
                                 wrote = true;
                             }
                             Err(TryRecvError::Empty) => break,
@@ -123,20 +172,26 @@ impl LineSink {
                         }
                     }
                     if wrote {
-                        let _ = out.flush();
+                        losses.write_result(out.flush());
                         std::thread::sleep(BATCH_PAUSE);
                         continue;
                     }
-                    // Idle: wait for the next line (or a reopen request) without polling.
+                    // Idle: wait for the next line (or a reopen request) without polling. A
+                    // failing destination is tried again at each wake: the writer still holds
+                    // what it could not write, so the flush is a real attempt.
                     match rx.recv_timeout(IDLE_WAIT) {
                         Ok(line) => {
-                            let _ = out.write_all(&line);
-                            let _ = out.flush();
+                            write(&mut out, &line);
+                            losses.write_result(out.flush());
                             if line.is_empty() {
                                 done.fetch_add(1, Ordering::AcqRel);
                             }
                         }
-                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Timeout) => {
+                            if losses.failing.load(Ordering::Acquire) {
+                                losses.write_result(out.flush());
+                            }
+                        }
                         Err(RecvTimeoutError::Disconnected) => {
                             let _ = out.flush();
                             return;
@@ -147,20 +202,19 @@ impl LineSink {
         Ok(LineSink {
             tx: Some(tx),
             flushed,
-            dropped: Arc::default(),
+            lost,
             reopen,
-            on_drop: None,
         })
     }
 
-    /// Calls `hook` for every dropped line.
-    pub fn on_drop(mut self, hook: DropHook) -> LineSink {
-        self.on_drop = Some(hook);
+    /// Calls `hook` for every dropped line (a full queue, or a destination refusing writes).
+    pub fn on_drop(self, hook: DropHook) -> LineSink {
+        let _ = self.lost.hook.set(hook);
         self
     }
 
-    /// Queues one line (a newline is appended). Never blocks: when the queue is full the line
-    /// is dropped and counted.
+    /// Queues one line (a newline is appended). Never blocks: when the queue is full, or the
+    /// destination refuses writes, the line is dropped and counted.
     pub fn write_json<T: serde::Serialize>(&self, value: &T) {
         let _ = self.try_write_json(value);
     }
@@ -168,20 +222,17 @@ impl LineSink {
     /// Like `write_json`, telling whether the line was queued.
     pub fn try_write_json<T: serde::Serialize>(&self, value: &T) -> Result<(), QueueFull> {
         let Some(tx) = &self.tx else { return Ok(()) };
+        if self.lost.failing.load(Ordering::Acquire) {
+            self.lost.one("log destination refuses writes");
+            return Err(QueueFull);
+        }
         let Ok(mut line) = serde_json::to_vec(value) else {
             return Ok(());
         };
         line.push(b'\n');
         match tx.try_send(crate::clip::cap_line(line)) {
             Err(TrySendError::Full(_)) => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(hook) = &self.on_drop {
-                    hook();
-                }
-                // Say so, without flooding the log that is itself backed up.
-                if n == 1 || n.is_multiple_of(10_000) {
-                    tracing::error!(dropped = n, "log queue full: lines dropped");
-                }
+                self.lost.one("log queue full");
                 Err(QueueFull)
             }
             _ => Ok(()),

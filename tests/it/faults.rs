@@ -286,3 +286,86 @@ async fn a_stream_broken_in_the_middle_of_an_event_ends_with_an_error_event() {
         still_serving(&gw).await;
     }
 }
+
+fn audit_config(upstream: &str, audit: &str) -> String {
+    openai_config(upstream).replace(
+        "logging: { level: warn }",
+        &format!("logging: {{ level: warn }}\naudit: {audit}"),
+    )
+}
+
+async fn dropped_audit_lines(gw: &TestGateway) -> f64 {
+    let text = gw.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ultra_audit_dropped_total ")?.parse().ok())
+        .expect("ultra_audit_dropped_total")
+}
+
+/// An audit log on a full disk (`/dev/full`: every write fails), `on_overflow: drop`: requests
+/// are served, the lost lines counted, and the operational log says why once.
+#[tokio::test]
+async fn an_audit_log_on_a_full_disk_drops_and_counts_its_lines() {
+    let up = MockUpstream::openai_like().await;
+    let gw = TestGateway::start(&audit_config(&up.url(), "{ path: /dev/full }"));
+    for _ in 0..20 {
+        assert_eq!(gw.chat("gpt-4o").await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    poll_until("dropped audit lines counted", secs(5), || async {
+        (dropped_audit_lines(&gw).await > 0.0).then_some(())
+    })
+    .await;
+    let said = gw
+        .all_output()
+        .matches("cannot write to a log destination")
+        .count();
+    assert_eq!(said, 1, "{}", gw.all_output());
+}
+
+/// The same with `on_overflow: reject`: once the writes are known to fail, allowed requests are
+/// refused with `503 audit_unavailable`: none is served without its audit line.
+#[tokio::test]
+async fn an_audit_log_on_a_full_disk_refuses_requests_when_asked_to() {
+    let up = MockUpstream::openai_like().await;
+    let gw = TestGateway::start(&audit_config(
+        &up.url(),
+        "{ path: /dev/full, on_overflow: reject }",
+    ));
+    // The first line's write is what shows the disk is full.
+    let _ = gw.chat("gpt-4o").await;
+    let r = poll_until("requests refused", secs(5), || async {
+        let r = gw.chat("gpt-4o").await;
+        (r.status() == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "audit_unavailable");
+    assert!(dropped_audit_lines(&gw).await > 0.0);
+    // Local endpoints that need no audit line go on answering.
+    assert_eq!(gw.get("/health").await.status(), 200);
+}
+
+/// An audit file that cannot be opened stops the start with a clear message.
+#[test]
+fn an_audit_file_that_cannot_be_opened_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ultra.yaml");
+    std::fs::write(
+        &path,
+        "audit: { path: /nonexistent-dir/audit.log }\nproviders: { m: { kind: mock } }\nmodels: [{ id: m, targets: [{ provider: m }] }]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::common::gateway::binary())
+        .args(["run", "-c"])
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open audit log /nonexistent-dir/audit.log"),
+        "{err}"
+    );
+}
