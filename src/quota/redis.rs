@@ -146,30 +146,51 @@ impl RedisStore {
         Ok(c.clone())
     }
 
-    /// Runs `call` with a connection, within the timeout, unless the store is backing off.
+    /// Runs `call` with a connection, within the timeout, unless the store is backing off. A
+    /// connection Redis closed (a restart behind a proxy, its `timeout`, `CLIENT KILL`) is
+    /// reconnected and `call` tried once more, so that it fails the requests on it rather than
+    /// everyone's for the back-off. The second try may repeat a command Redis ran before the
+    /// connection went: a reservation or a spend is then counted twice, on the safe side.
     async fn call<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreDown>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if super::window::now_ms() < self.retry_at_ms.load(Ordering::Relaxed) {
             return Err(StoreDown);
         }
-        self.call_anyway(what, call).await
+        self.run(what, true, async {
+            match call(self.connection().await?).await {
+                Err(e) if e.is_connection_dropped() => call(self.connection().await?).await,
+                r => r,
+            }
+        })
+        .await
     }
 
     /// Runs `call` even while backing off: giving back and settling what was reserved must be
-    /// tried, or a failed fan-out would keep its reservation for the rest of the day.
+    /// tried, or a failed fan-out would keep its reservation for the rest of the day. Not tried
+    /// twice: a settlement applied twice would give back more than was taken. A dropped
+    /// connection here starts no back-off: the admissions' own calls (tried twice) decide
+    /// whether Redis is gone.
     async fn call_anyway<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreDown>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        self.run(what, false, async { call(self.connection().await?).await })
+            .await
+    }
+
+    /// Awaits `run` within the timeout; an unreachable Redis starts the back-off (a dropped
+    /// connection only when `dropped_backs_off`).
+    async fn run<T>(
+        &self,
+        what: &str,
+        dropped_backs_off: bool,
+        run: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreDown> {
         let now = super::window::now_ms();
-        let run = async {
-            let c = self.connection().await?;
-            call(c).await
-        };
         let failure = match tokio::time::timeout(self.timeout, run).await {
             Ok(Ok(v)) => {
                 if self.down.swap(false, Ordering::Relaxed) {
@@ -181,6 +202,10 @@ impl RedisStore {
             // no back-off for everyone; this request's check failed.
             Ok(Err(e)) if !unreachable(&e) => {
                 tracing::warn!(during = what, error = %e, "quota store (Redis) refused a command");
+                return Err(StoreDown);
+            }
+            Ok(Err(e)) if e.is_connection_dropped() && !dropped_backs_off => {
+                tracing::debug!(during = what, error = %e, "quota store (Redis) connection dropped");
                 return Err(StoreDown);
             }
             Ok(Err(e)) => e.to_string(),
@@ -275,10 +300,10 @@ impl RedisStore {
                 .arg(arg(p.ask.micro_usd_needed));
         }
         let reply: Vec<i64> = self
-            .call(
-                "reserve",
-                |mut c| async move { inv.invoke_async(&mut c).await },
-            )
+            .call("reserve", |mut c| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut c).await }
+            })
             .await?;
         let num = |k: usize| reply.get(k).copied().unwrap_or(0).max(0) as u64;
         let counts_at = |k: usize| Counts {
@@ -388,6 +413,7 @@ impl RedisStore {
         let m = member(scope);
         // Ordered by cost, then tokens (a fraction below one micro-dollar).
         let score = micro as f64 + (tokens as f64 / 1e9).min(0.999);
+        let (key, top, m) = (&key, &top, &m);
         self.call("record", |mut c| async move {
             redis::pipe()
                 .hincr(&key, "r", 1)
@@ -420,6 +446,7 @@ impl RedisStore {
             taken: Default::default(),
         };
         let (mk, dk) = self.keys(&p, w);
+        let (mk, dk) = (&mk, &dk);
         let (m, d): (Vec<Option<u64>>, Vec<Option<u64>>) = self
             .call("read", |mut c| async move {
                 let m = redis::cmd("HMGET")
@@ -448,7 +475,7 @@ impl RedisStore {
 
     /// A caller's spending today.
     pub async fn spend(&self, scope: &Scope, w: Windows) -> Result<Spend, StoreDown> {
-        let key = self.spend_key(scope, w);
+        let key = &self.spend_key(scope, w);
         let v: Vec<Option<u64>> = self
             .call("read", |mut c| async move {
                 redis::cmd("HMGET")
@@ -470,7 +497,7 @@ impl RedisStore {
 
     /// The biggest spenders today.
     pub async fn top(&self, n: usize, w: Windows) -> Result<Vec<(Scope, Spend)>, StoreDown> {
-        let key = self.top_key(w);
+        let key = &self.top_key(w);
         let members: Vec<String> = self
             .call("read", |mut c| async move {
                 redis::cmd("ZREVRANGE")

@@ -369,3 +369,93 @@ fn an_audit_file_that_cannot_be_opened_stops_the_start() {
         "{err}"
     );
 }
+
+/// Has Redis drop every client connection (the gateway's included), as a failover or a
+/// `timeout` setting would, without going down.
+async fn drop_redis_clients(port: u16) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"*4\r\n$6\r\nCLIENT\r\n$4\r\nKILL\r\n$4\r\nTYPE\r\n$6\r\nnormal\r\n")
+        .await
+        .unwrap();
+    let mut reply = [0u8; 64];
+    let n = s.read(&mut reply).await.unwrap();
+    let killed: u32 = std::str::from_utf8(&reply[1..n])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        reply[0] == b':' && killed >= 1,
+        "the gateway's connection was killed"
+    );
+}
+
+/// Redis dropping its connections in the middle of a burst: every answer is a success or the
+/// documented `503 quota_unavailable` (`on_store_error: deny`), none hangs or is another error,
+/// and once Redis stays, requests are counted again.
+#[tokio::test]
+async fn redis_dropping_connections_under_load() {
+    let redis = crate::common::redis::RedisServer::start();
+    let up = MockUpstream::openai_like().await;
+    let gw = TestGateway::start(&config_for(
+        "openai",
+        &up.url(),
+        &crate::quotas_redis::redis_rules(&redis.url(), "deny", 1_000_000),
+    ));
+    assert_eq!(gw.chat("gpt-4o-mini").await.status(), 200);
+    // One client for the burst: building one per request (TLS roots) would block this thread.
+    let http = client();
+    let url = gw.url("/v1/chat/completions");
+    let burst = async {
+        let sends = (0..240).map(|i| {
+            let (http, url) = (&http, &url);
+            async move {
+                tokio::time::sleep(Duration::from_millis(i * 5)).await;
+                let t = Instant::now();
+                let send = http.post(url).json(&chat_body("gpt-4o-mini")).send();
+                let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(5), send).await else {
+                    return (0, format!("no answer in {:?} (sent at {i})", t.elapsed()));
+                };
+                let status = r.status().as_u16();
+                let code = if status == 200 {
+                    String::new()
+                } else {
+                    r.json::<Value>().await.unwrap()["error"]["code"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                (status, code)
+            }
+        });
+        futures_util::future::join_all(sends).await
+    };
+    let chaos = async {
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            drop_redis_clients(redis.port).await;
+        }
+    };
+    let (answers, ()) = tokio::join!(burst, chaos);
+    let served = answers.iter().filter(|(s, _)| *s == 200).count();
+    for (status, code) in &answers {
+        assert!(
+            *status == 200 || (*status == 503 && code == "quota_unavailable"),
+            "{status} {code}"
+        );
+    }
+    // A dropped connection is reconnected and the command tried again: it costs no request
+    // the back-off.
+    assert!(
+        served * 10 >= answers.len() * 9,
+        "{served} of {} served: {}",
+        answers.len(),
+        gw.all_output()
+    );
+    poll_until("counted again", secs(10), || async {
+        let r = gw.chat("gpt-4o-mini").await;
+        (r.status() == 200 && r.headers().contains_key("x-ratelimit-remaining-requests"))
+            .then_some(())
+    })
+    .await;
+}

@@ -5,7 +5,7 @@ use crate::common::redis::RedisServer;
 use crate::common::*;
 use crate::quotas::clear_of_minute_edge;
 
-fn redis_rules(url: &str, on_error: &str, rpm: u64) -> String {
+pub fn redis_rules(url: &str, on_error: &str, rpm: u64) -> String {
     format!(
         "quotas:
   store: redis
