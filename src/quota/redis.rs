@@ -416,15 +416,15 @@ impl RedisStore {
         let (key, top, m) = (&key, &top, &m);
         self.call("record", |mut c| async move {
             redis::pipe()
-                .hincr(&key, "r", 1)
-                .hincr(&key, "t", tokens)
-                .hincr(&key, "c", micro)
-                .pexpire(&key, DAY_TTL_MS as i64)
+                .hincr(key, "r", 1)
+                .hincr(key, "t", tokens)
+                .hincr(key, "c", micro)
+                .pexpire(key, DAY_TTL_MS as i64)
                 .query_async::<()>(&mut c)
                 .await?;
             redis::pipe()
-                .zincr(&top, &m, score)
-                .pexpire(&top, DAY_TTL_MS as i64)
+                .zincr(top, m, score)
+                .pexpire(top, DAY_TTL_MS as i64)
                 .query_async::<()>(&mut c)
                 .await
         })
@@ -450,13 +450,13 @@ impl RedisStore {
         let (m, d): (Vec<Option<u64>>, Vec<Option<u64>>) = self
             .call("read", |mut c| async move {
                 let m = redis::cmd("HMGET")
-                    .arg(&mk)
+                    .arg(mk)
                     .arg("r")
                     .arg("t")
                     .query_async(&mut c)
                     .await?;
                 let d = redis::cmd("HMGET")
-                    .arg(&dk)
+                    .arg(dk)
                     .arg("t")
                     .arg("c")
                     .query_async(&mut c)
@@ -479,7 +479,7 @@ impl RedisStore {
         let v: Vec<Option<u64>> = self
             .call("read", |mut c| async move {
                 redis::cmd("HMGET")
-                    .arg(&key)
+                    .arg(key)
                     .arg("r")
                     .arg("t")
                     .arg("c")
@@ -501,7 +501,7 @@ impl RedisStore {
         let members: Vec<String> = self
             .call("read", |mut c| async move {
                 redis::cmd("ZREVRANGE")
-                    .arg(&key)
+                    .arg(key)
                     .arg(0)
                     .arg(n.saturating_sub(1) as i64)
                     .query_async(&mut c)
