@@ -13,6 +13,8 @@ pub mod healthcheck;
 pub mod line_sink;
 pub mod metrics;
 pub mod mock;
+#[cfg(test)]
+mod proptests;
 pub mod proxy;
 pub mod quota;
 pub mod registry;
