@@ -210,9 +210,11 @@ async fn normal_clients_are_served_while_slow_clients_hold_connections() {
     let slow: Vec<_> = (0..300)
         .map(|_| tokio::spawn(trickle(gw.addr, Duration::from_millis(500), secs(20))))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let open = metric(&gw, "ultra_connections_open").await;
-    assert!(open >= 300.0, "slow connections open: {open}");
+    // Polled: on a loaded machine 300 connects take a while to be accepted.
+    poll_until("300 slow connections open", secs(2), || async {
+        (metric(&gw, "ultra_connections_open").await >= 300.0).then_some(())
+    })
+    .await;
     for _ in 0..20 {
         let start = Instant::now();
         let r = gw.chat("mini").await;
