@@ -12,8 +12,7 @@ use crate::upstream::keys::ProviderKey;
 use crate::usage::{Dialect, UsageMeter};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-pub use scrub::scrub_headers;
-use scrub::ErrorBody;
+pub use scrub::{scrub_headers, ErrorBody};
 use sse::LineHeads;
 use std::sync::Arc;
 
